@@ -1,0 +1,19 @@
+"""``kdasr prepare``: data preparation stages (import, demo, narrowband, fbank, tokens, validate)."""
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# (module, attribute) of each ``kdasr prepare`` subcommand.
+SUBCOMMANDS: list[tuple[str, str]] = [
+]
+
+
+@click.group()
+def prepare() -> None:
+    """Prepare manifests, audio views, features and token sets."""
+
+
+for _module, _attr in SUBCOMMANDS:
+    prepare.add_command(getattr(importlib.import_module(_module), _attr))
