@@ -6,8 +6,9 @@ else, so one file can hold data, model and training sections.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import yaml
 
@@ -66,17 +67,22 @@ def deep_merge(base: dict, extra: Mapping) -> dict:
 
 
 def load_config(
-    path: Optional[Pathlike] = None,
+    paths: Union[Pathlike, Sequence[Pathlike], None] = None,
     overrides: Iterable[str] = (),
     defaults: Optional[Mapping] = None,
 ) -> dict:
-    """Load ``path`` (YAML) over ``defaults`` and apply ``overrides``.
+    """Load one or more YAML files (later ones win) over ``defaults``, then apply ``overrides``.
 
-    A config may name a parent with ``base: other.yaml`` (relative to itself);
-    recipes use it to keep student configs a few lines long.
+    Several files let a recipe combine a training config with a model config
+    (``train.yaml model_cnn.yaml``) instead of copying either. A file may also
+    name a parent with ``base: other.yaml`` (relative to itself).
     """
     cfg: dict = copy.deepcopy(dict(defaults or {}))
-    if path is not None:
+    if paths is None:
+        paths = []
+    elif isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    for path in paths:
         cfg = deep_merge(cfg, _load_with_base(Path(path), seen=()))
     for item in overrides:
         keys, value = parse_override(item)

@@ -14,6 +14,9 @@ from kdasr.utils.logging import setup_logging
 # (module, attribute) of each top-level command, in the order --help lists them.
 COMMANDS = [
     ("kdasr.cli.prepare", "prepare"),
+    ("kdasr.cli.train", "train"),
+    ("kdasr.cli.train", "average"),
+    ("kdasr.cli.decode", "decode"),
 ]
 
 

@@ -1,0 +1,432 @@
+"""The one training loop of kdasr: teachers, students and every KD strategy use it.
+
+What the loop owns: the lhotse sampler, the optimizer and warm-up schedule,
+gradient clipping, AMP on GPU, the NaN/inf guard, validation, early stopping,
+checkpoints that resume exactly (sampler position and RNG state included),
+tensorboard scalars and DDP under torchrun. What a loss is comes from an
+``Objective`` (hard-label CTC here, knowledge distillation in kdasr.distill).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from lhotse import CutSet, load_manifest_lazy
+from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from kdasr.config import deep_merge, save_config
+from kdasr.data.dataset import AsrDataset, spec_augment_from_config
+from kdasr.data.features import load_cmvn
+from kdasr.data.tokenizer import Tokenizer
+from kdasr.decode.greedy import greedy_search
+from kdasr.distill.losses import ctc_loss_hard
+from kdasr.models import build_model
+from kdasr.score.wer import compute_wer
+from kdasr.train.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from kdasr.utils.logging import setup_logging
+
+DEFAULTS: dict = {
+    "data": {
+        "train_cuts": None,
+        "dev_cuts": None,
+        "lang_dir": None,
+        "cmvn": None,
+        "max_duration": 120.0,
+        "num_buckets": 10,
+        "num_workers": 0,
+    },
+    "model": {"name": "cnn"},
+    "train": {
+        "seed": 42,
+        "epochs": 20,
+        "max_steps": 0,
+        "lr": 1.0e-3,
+        "weight_decay": 1.0e-2,
+        "warmup_steps": 300,
+        "grad_clip": 5.0,
+        "amp": True,
+        "device": "auto",
+        "save_every_n": 200,
+        "keep_last_n": 3,
+        "early_stop_patience": 5,
+        "log_every_n": 20,
+        "spec_augment": {
+            "enabled": True,
+            "time_warp_factor": 0,
+            "num_feature_masks": 2,
+            "features_mask_size": 15,
+            "num_frame_masks": 2,
+            "frames_mask_size": 20,
+            "max_frames_mask_fraction": 0.15,
+            "p": 0.9,
+        },
+    },
+}
+
+
+class Objective(Protocol):
+    """Computes the training loss of one batch; KD objectives also read soft labels."""
+
+    def __call__(self, model: torch.nn.Module, batch: dict, step: int) -> tuple[torch.Tensor, dict]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class CtcObjective:
+    """Plain CTC on the transcripts (the hard-label baseline and every teacher)."""
+
+    def __call__(self, model: torch.nn.Module, batch: dict, step: int) -> tuple[torch.Tensor, dict]:
+        logits, out_lens = model(batch["features"], batch["feature_lens"])
+        loss = ctc_loss_hard(logits, out_lens, batch["targets"])
+        return loss, {"ctc": loss.detach()}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def warmup_schedule(warmup_steps: int) -> Callable[[int], float]:
+    """Linear warm-up, then inverse square-root decay (Noam): needs no total step count,
+    which a dynamic-bucketing sampler cannot tell in advance."""
+    w = max(1, warmup_steps)
+
+    def factor(step: int) -> float:
+        s = step + 1
+        return min(s / w, math.sqrt(w / s))
+
+    return factor
+
+
+@dataclass
+class TrainState:
+    epoch: int = 1
+    step: int = 0
+    epoch_done: bool = False
+    best_metric: float = float("inf")
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list = field(default_factory=list)
+
+
+def _resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", local_rank)
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Train one model described by a resolved config into ``exp_dir``."""
+
+    def __init__(self, cfg: dict, exp_dir: Path, objective: Optional[Objective] = None) -> None:
+        self.cfg = deep_merge(DEFAULTS, cfg)
+        self.exp_dir = Path(exp_dir)
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        tcfg, dcfg = self.cfg["train"], self.cfg["data"]
+        self.device = _resolve_device(tcfg["device"], self.local_rank)
+        if self.world_size > 1 and not dist.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            dist.init_process_group(backend)
+        self.is_main = self.rank == 0
+        setup_logging(0, self.exp_dir / "log" / ("train.log" if self.is_main else f"train.rank{self.rank}.log"))
+        for key in ("train_cuts", "lang_dir"):
+            if not dcfg.get(key):
+                raise ValueError(f"config needs data.{key}")
+        seed_everything(tcfg["seed"])
+        self.tokenizer = Tokenizer.from_dir(dcfg["lang_dir"])
+        self.train_cuts = load_manifest_lazy(dcfg["train_cuts"])
+        self.dev_cuts = CutSet.from_file(dcfg["dev_cuts"]).to_eager() if dcfg.get("dev_cuts") else None
+        first = next(iter(self.train_cuts))
+        if not first.has_features:
+            raise ValueError(f"cut {first.id} in {dcfg['train_cuts']} has no features: run `kdasr prepare fbank` first")
+        self.num_features = first.num_features
+        cmvn = load_cmvn(dcfg["cmvn"]) if dcfg.get("cmvn") else None
+        self.model = build_model(self.cfg["model"], self.num_features, self.tokenizer.vocab_size, cmvn).to(self.device)
+        self.objective: Objective = objective if objective is not None else CtcObjective()
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"]
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_schedule(tcfg["warmup_steps"]))
+        self.sampler = DynamicBucketingSampler(
+            self.train_cuts,
+            max_duration=dcfg["max_duration"],
+            num_buckets=dcfg["num_buckets"],
+            shuffle=True,
+            drop_last=False,
+            seed=tcfg["seed"],
+            world_size=self.world_size,
+            rank=self.rank,
+        )
+        self.dataset = AsrDataset(self.tokenizer, spec_augment_from_config(tcfg.get("spec_augment")))
+        self.state = TrainState()
+        self.ddp_model: torch.nn.Module = self.model
+        if self.world_size > 1:
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.local_rank] if self.device.type == "cuda" else None
+            )
+        self.amp = bool(tcfg["amp"]) and self.device.type == "cuda"
+        self.tb: Optional[SummaryWriter] = None
+        self.resumed_mid_epoch = False
+
+    # ----------------------------------------------------------------- state
+    def checkpoint_state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "model_cfg": self.cfg["model"],
+            "num_features": self.num_features,
+            "vocab_size": self.tokenizer.vocab_size,
+            "lang_hash": self.tokenizer.hash,
+            "frame_shift": self.model.frame_shift,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "objective": self.objective.state_dict(),
+            "rng": rng_state(),
+            "epoch": self.state.epoch,
+            "step": self.state.step,
+            "epoch_done": self.state.epoch_done,
+            "train_state": vars(self.state).copy(),
+            "config": self.cfg,
+        }
+
+    def resume(self, path: Path) -> None:
+        ckpt = load_checkpoint(path)
+        if ckpt["lang_hash"] != self.tokenizer.hash:
+            raise ValueError(f"checkpoint {path} was trained with another token set than {self.cfg['data']['lang_dir']}")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.objective.load_state_dict(ckpt.get("objective", {}))
+        self.state = TrainState(**ckpt["train_state"])
+        if self.state.epoch_done:
+            self.state.epoch += 1
+            self.state.epoch_done = False
+        else:
+            self.sampler.load_state_dict(ckpt["sampler"])
+            self.resumed_mid_epoch = True
+        set_rng_state(ckpt["rng"])
+        logging.info("resumed from %s at epoch %d step %d", path, self.state.epoch, self.state.step)
+
+    def save(self, name: str) -> Path:
+        path = self.exp_dir / name
+        if self.is_main:
+            save_checkpoint(path, self.checkpoint_state())
+        return path
+
+    def _prune_periodic(self) -> None:
+        keep = self.cfg["train"]["keep_last_n"]
+        for p in list_checkpoints(self.exp_dir, "checkpoint")[:-keep] if keep > 0 else []:
+            p.unlink()
+
+    # ------------------------------------------------------------------ loop
+    def _to_device(self, batch: dict) -> dict:
+        batch = dict(batch)
+        batch["features"] = batch["features"].to(self.device, non_blocking=True)
+        batch["feature_lens"] = batch["feature_lens"].to(self.device)
+        return batch
+
+    def _grads_finite(self) -> bool:
+        """After DDP's all-reduce every rank holds the same gradients, so a NaN on any
+        rank is seen by all and all skip the step together without extra collectives."""
+        return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.model.parameters())
+
+    def train_step(self, batch: dict) -> Optional[dict]:
+        """One optimizer step; returns the loss stats, or None when the batch was skipped."""
+        self.ddp_model.train()
+        batch = self._to_device(batch)
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
+        )
+        with autocast:
+            loss, stats = self.objective(self.ddp_model, batch, self.state.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if not torch.isfinite(loss.detach()) or not self._grads_finite():
+            logging.warning(
+                "step %d: non-finite loss %s, batch skipped; cuts: %s",
+                self.state.step, float(loss.detach()), " ".join(batch["cut_ids"]),
+            )
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["train"]["grad_clip"])
+        self.optimizer.step()
+        self.scheduler.step()
+        out = {k: float(v) for k, v in stats.items()}
+        out["loss"] = float(loss.detach())
+        out["grad_norm"] = float(grad_norm)
+        return out
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Dev CTC loss and greedy WER (the early-stopping metric)."""
+        assert self.dev_cuts is not None
+        self.model.eval()
+        loader = torch.utils.data.DataLoader(
+            AsrDataset(self.tokenizer),
+            sampler=SimpleCutSampler(self.dev_cuts, max_duration=self.cfg["data"]["max_duration"]),
+            batch_size=None,
+        )
+        tot_loss, n, refs, hyps = 0.0, 0, {}, {}
+        for batch in loader:
+            batch = self._to_device(batch)
+            logits, out_lens = self.model(batch["features"], batch["feature_lens"])
+            loss = ctc_loss_hard(logits.float(), out_lens, batch["targets"])
+            b = len(batch["cut_ids"])
+            tot_loss += float(loss) * b
+            n += b
+            for cid, text, ids in zip(batch["cut_ids"], batch["texts"], greedy_search(logits, out_lens)):
+                refs[cid] = text.split()
+                hyps[cid] = self.tokenizer.decode(ids).split()
+        stats = compute_wer(refs, hyps)
+        return {"dev_loss": tot_loss / max(n, 1), "dev_wer": stats.wer}
+
+    def _end_epoch(self, epoch_stats: dict) -> bool:
+        """Validate, save the epoch checkpoint and best.pt; return True to stop early."""
+        tcfg = self.cfg["train"]
+        if self.dev_cuts is not None and self.is_main:
+            epoch_stats.update(self.validate())
+        metric = epoch_stats.get("dev_wer", epoch_stats.get("train_loss", float("inf")))
+        self.state.history.append({"epoch": self.state.epoch, **epoch_stats})
+        improved = metric < self.state.best_metric
+        if improved:
+            self.state.best_metric, self.state.best_epoch, self.state.bad_epochs = metric, self.state.epoch, 0
+        else:
+            self.state.bad_epochs += 1
+        self.state.epoch_done = True
+        logging.info(
+            "epoch %d: %s%s", self.state.epoch,
+            ", ".join(f"{k} {v:.4g}" for k, v in epoch_stats.items()), " (best)" if improved else "",
+        )
+        if self.tb is not None:
+            for k, v in epoch_stats.items():
+                self.tb.add_scalar(f"epoch/{k}", v, self.state.epoch)
+        self.save(f"epoch-{self.state.epoch}.pt")
+        if improved and self.is_main:
+            save_checkpoint(self.exp_dir / "best.pt", self.checkpoint_state())
+        patience = tcfg["early_stop_patience"]
+        stop = bool(patience) and self.state.bad_epochs >= patience
+        if self.world_size > 1:  # rank 0 alone validated: its decision holds for all
+            decision = [stop, vars(self.state).copy()]
+            dist.broadcast_object_list(decision, src=0)
+            stop, self.state = decision[0], TrainState(**decision[1])
+        return stop
+
+    def fit(self, resume: bool = True) -> TrainState:
+        tcfg = self.cfg["train"]
+        if self.is_main:
+            save_config(self.cfg, self.exp_dir / "config.yaml")
+            self.tb = SummaryWriter(str(self.exp_dir / "tensorboard"))
+        if resume:
+            path = latest_checkpoint(self.exp_dir)
+            if path is not None:
+                self.resume(path)
+        logging.info(
+            "model %s: %.2fM parameters, device %s, world size %d",
+            self.cfg["model"]["name"], self.model.num_params() / 1e6, self.device, self.world_size,
+        )
+        max_steps = tcfg["max_steps"] or None
+        stop = False
+        t_start = time.time()
+        while self.state.epoch <= tcfg["epochs"] and not stop:
+            if not self.resumed_mid_epoch:
+                self.sampler.set_epoch(self.state.epoch)
+            self.resumed_mid_epoch = False
+            loader = torch.utils.data.DataLoader(
+                self.dataset, sampler=self.sampler, batch_size=None,
+                num_workers=self.cfg["data"]["num_workers"],
+            )
+            sums: dict[str, float] = {}
+            n_ok = 0
+            join = (
+                torch.distributed.algorithms.join.Join([self.ddp_model])
+                if self.world_size > 1 else contextlib.nullcontext()
+            )
+            bar = tqdm(loader, desc=f"epoch {self.state.epoch}", disable=not self.is_main, leave=False)
+            with join:
+                for batch in bar:
+                    self.state.step += 1
+                    out = self.train_step(batch)
+                    if out is not None:
+                        n_ok += 1
+                        for k, v in out.items():
+                            sums[k] = sums.get(k, 0.0) + v
+                        bar.set_postfix(loss=f"{out['loss']:.3f}")
+                        if self.tb is not None and self.state.step % tcfg["log_every_n"] == 0:
+                            for k, v in out.items():
+                                self.tb.add_scalar(f"train/{k}", v, self.state.step)
+                            self.tb.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.state.step)
+                    if tcfg["save_every_n"] and self.state.step % tcfg["save_every_n"] == 0:
+                        self.save(f"checkpoints/checkpoint-{self.state.step}.pt")
+                        if self.is_main:
+                            self._prune_periodic()
+                    if max_steps and self.state.step >= max_steps:
+                        stop = True
+                        break
+            epoch_stats = {f"train_{k}": v / max(n_ok, 1) for k, v in sums.items()}
+            if stop:
+                self.save(f"checkpoints/checkpoint-{self.state.step}.pt")
+                break
+            stop = self._end_epoch(epoch_stats)
+            if self.world_size > 1:
+                dist.barrier()
+            if not stop:
+                self.state.epoch += 1
+                self.state.epoch_done = False
+        if self.world_size > 1:
+            self.check_ranks_in_sync()
+        if self.tb is not None:
+            self.tb.close()
+        logging.info(
+            "training done: %d steps in %.1f s; best epoch %d (%.4g)",
+            self.state.step, time.time() - t_start, self.state.best_epoch, self.state.best_metric,
+        )
+        return self.state
+
+    def check_ranks_in_sync(self) -> None:
+        """All-gather a checksum of the weights; DDP ranks that drifted apart are a bug."""
+        flat = torch.cat([p.detach().double().flatten() for p in self.model.parameters()])
+        checksum = torch.tensor(
+            [flat.sum().item(), (flat * flat).sum().item()], dtype=torch.float64, device=self.device
+        )
+        gathered = [torch.zeros_like(checksum) for _ in range(self.world_size)]
+        dist.all_gather(gathered, checksum)
+        if any(not torch.equal(g, gathered[0]) for g in gathered):
+            raise RuntimeError(f"DDP ranks out of sync: weight checksums {[g.tolist() for g in gathered]}")
+        logging.info("DDP ranks in sync: weight checksum %.10e over %d ranks", checksum[0].item(), self.world_size)
+
+
+def train(cfg: dict, exp_dir: Path, resume: bool = True, objective: Optional[Objective] = None) -> TrainState:
+    """Library entry point of ``kdasr train``."""
+    return Trainer(cfg, exp_dir, objective).fit(resume=resume)
