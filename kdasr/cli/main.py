@@ -16,7 +16,11 @@ COMMANDS = [
     ("kdasr.cli.prepare", "prepare"),
     ("kdasr.cli.train", "train"),
     ("kdasr.cli.train", "average"),
+    ("kdasr.cli.graph", "graph"),
     ("kdasr.cli.decode", "decode"),
+    ("kdasr.cli.report", "report"),
+    ("kdasr.cli.score", "score"),
+    ("kdasr.cli.model_info", "model_info"),
 ]
 
 

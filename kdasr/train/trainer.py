@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 import torch
+import yaml
 import torch.distributed as dist
 from lhotse import CutSet, load_manifest_lazy
 from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
@@ -42,6 +43,7 @@ from kdasr.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from kdasr.utils.io import atomic_write_text
 from kdasr.utils.logging import setup_logging
 
 DEFAULTS: dict = {
@@ -128,6 +130,7 @@ class TrainState:
     best_metric: float = float("inf")
     best_epoch: int = 0
     bad_epochs: int = 0
+    train_seconds: float = 0.0
     history: list = field(default_factory=list)
 
 
@@ -199,9 +202,17 @@ class Trainer:
         self.amp = bool(tcfg["amp"]) and self.device.type == "cuda"
         self.tb: Optional[SummaryWriter] = None
         self.resumed_mid_epoch = False
+        self._last_tick = time.time()
 
     # ----------------------------------------------------------------- state
+    def _tick(self) -> None:
+        """Add the wall time since the last tick to the state (kept across resumes)."""
+        now = time.time()
+        self.state.train_seconds += now - self._last_tick
+        self._last_tick = now
+
     def checkpoint_state(self) -> dict:
+        self._tick()
         return {
             "model": self.model.state_dict(),
             "model_cfg": self.cfg["model"],
@@ -352,6 +363,7 @@ class Trainer:
             path = latest_checkpoint(self.exp_dir)
             if path is not None:
                 self.resume(path)
+        self._last_tick = time.time()
         logging.info(
             "model %s: %.2fM parameters, device %s, world size %d",
             self.cfg["model"]["name"], self.model.num_params() / 1e6, self.device, self.world_size,
@@ -363,9 +375,12 @@ class Trainer:
             if not self.resumed_mid_epoch:
                 self.sampler.set_epoch(self.state.epoch)
             self.resumed_mid_epoch = False
+            # The loader draws a base seed when iterated; its own generator keeps that draw
+            # out of the global RNG stream, which a resumed run must replay exactly.
             loader = torch.utils.data.DataLoader(
                 self.dataset, sampler=self.sampler, batch_size=None,
                 num_workers=self.cfg["data"]["num_workers"],
+                generator=torch.Generator().manual_seed(self.cfg["train"]["seed"] + self.state.epoch),
             )
             sums: dict[str, float] = {}
             n_ok = 0
@@ -404,13 +419,27 @@ class Trainer:
             if not stop:
                 self.state.epoch += 1
                 self.state.epoch_done = False
+        self._tick()
         if self.world_size > 1:
             self.check_ranks_in_sync()
         if self.tb is not None:
             self.tb.close()
+        if self.is_main:
+            summary = {
+                "steps": self.state.step,
+                "epochs": self.state.epoch,
+                "best_epoch": self.state.best_epoch,
+                "best_dev_wer": self.state.best_metric,
+                "train_seconds": round(self.state.train_seconds, 1),
+                "num_params": self.model.num_params(),
+                "world_size": self.world_size,
+                "device": str(self.device),
+            }
+            atomic_write_text(self.exp_dir / "train_summary.yaml", yaml.safe_dump(summary, sort_keys=False))
         logging.info(
-            "training done: %d steps in %.1f s; best epoch %d (%.4g)",
-            self.state.step, time.time() - t_start, self.state.best_epoch, self.state.best_metric,
+            "training done: %d steps, %.1f s in this run (%.1f s in all); best epoch %d (%.4g)",
+            self.state.step, time.time() - t_start, self.state.train_seconds,
+            self.state.best_epoch, self.state.best_metric,
         )
         return self.state
 

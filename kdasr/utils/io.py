@@ -15,6 +15,9 @@ from typing import Iterator, Union
 
 Pathlike = Union[str, os.PathLike]
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(path: Pathlike) -> Iterator[Path]:
@@ -31,6 +34,7 @@ def atomic_path(path: Pathlike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{stem}.tmp", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are shared like any file
     try:
         yield tmp_path
         os.replace(tmp_path, path)

@@ -7,6 +7,12 @@ import click
 
 # (module, attribute) of each ``kdasr prepare`` subcommand.
 SUBCOMMANDS: list[tuple[str, str]] = [
+    ("kdasr.cli.prepare.importers", "import_"),
+    ("kdasr.cli.prepare.demo", "demo"),
+    ("kdasr.cli.prepare.narrowband", "narrowband"),
+    ("kdasr.cli.prepare.validate", "validate"),
+    ("kdasr.cli.prepare.fbank", "fbank"),
+    ("kdasr.cli.prepare.tokens", "tokens"),
 ]
 
 

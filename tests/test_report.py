@@ -1,0 +1,55 @@
+from pathlib import Path
+
+import yaml
+from click.testing import CliRunner
+
+from kdasr.cli.main import cli
+from kdasr.score.report import collect, markdown_table
+
+
+def _fake_exp(root: Path, name: str, role: str, params: int, wers: dict, seconds: float = 60.0) -> Path:
+    exp = root / name
+    exp.mkdir(parents=True)
+    (exp / "config.yaml").write_text(yaml.safe_dump({"role": role}))
+    (exp / "train_summary.yaml").write_text(yaml.safe_dump({"train_seconds": seconds}))
+    for (test, method), wer in wers.items():
+        d = exp / f"decode_{test}_{method}"
+        d.mkdir()
+        (d / "decode.yaml").write_text(yaml.safe_dump({
+            "cuts": f"data/fbank/cuts_{test}.jsonl.gz", "method": method, "model": "cnn", "wer": wer,
+            "num_params": params, "macs_per_second": 2e6, "rtf": 0.01,
+            "per_condition_wer": {"clean": wer - 1, "snr5": wer + 1},
+        }))
+    return exp
+
+
+def test_seeds_are_merged_and_table_lists_every_decode(tmp_path: Path):
+    dirs = [
+        _fake_exp(tmp_path, "vgg_teacher", "teacher", 4_000_000, {("test_wb", "greedy"): 5.0}),
+        _fake_exp(tmp_path, "cnn_kd_seed1", "student", 500_000, {("test_wb", "greedy"): 10.0, ("test_nb", "greedy"): 12.0}),
+        _fake_exp(tmp_path, "cnn_kd_seed2", "student", 500_000, {("test_wb", "greedy"): 12.0, ("test_nb", "greedy"): 14.0}),
+    ]
+    rows = collect(dirs)
+    assert [r.name for r in rows] == ["vgg_teacher", "cnn_kd"]
+    assert rows[1].wers[("test_wb", "greedy")] == [10.0, 12.0]
+    table = markdown_table(rows)
+    assert "| cnn_kd | student | cnn | 0.50M |" in table
+    assert "11.00 ± 1.00" in table and "13.00 ± 1.00" in table
+    assert "WER by condition on test_wb (greedy)" in table
+
+
+def test_report_cli_writes_markdown_and_png(tmp_path: Path):
+    a = _fake_exp(tmp_path, "t", "teacher", 4_000_000, {("test_wb", "greedy"): 5.0})
+    b = _fake_exp(tmp_path, "s", "student", 400_000, {("test_wb", "greedy"): 9.0})
+    out, png = tmp_path / "RESULTS.md", tmp_path / "plot.png"
+    res = CliRunner().invoke(cli, ["report", str(a), str(b), "--out", str(out), "--plot", str(png)])
+    assert res.exit_code == 0, res.output
+    assert "| s | student |" in out.read_text()
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_without_decodes_fails_clearly(tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    res = CliRunner().invoke(cli, ["report", str(tmp_path / "empty"), "--out", str(tmp_path / "r.md")])
+    assert res.exit_code != 0
+    assert "no decode results" in str(res.exception)

@@ -1,0 +1,259 @@
+"""Multi-teacher targets: switch, multistream, average/weighted, best; KDTargets from a config."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lhotse import CutSet, Features, LilcomChunkyWriter, MonoCut, SupervisionSegment
+from lhotse.utils import compute_num_frames
+
+from kdasr.config import ConfigError
+from kdasr.distill.archive import ArchiveMeta, ArchiveMismatchError, SoftLabelWriter
+from kdasr.distill.strategies import (
+    KDObjective,
+    KDTargets,
+    TeacherSwitcher,
+    best_teacher_targets,
+    check_augmentation_compatible,
+    combine_targets,
+    multistream_cuts,
+)
+
+LANG = "c" * 64
+V = 4
+
+
+def make_cuts(root: Path, durations: list[float]) -> CutSet:
+    """Cuts with real precomputed features (10 ms shift)."""
+    rng = np.random.default_rng(0)
+    cuts = []
+    root.mkdir(parents=True, exist_ok=True)
+    with LilcomChunkyWriter(root / "feats") as w:
+        for i, d in enumerate(durations):
+            cid = f"utt-{i}"
+            T = compute_num_frames(d, 0.01, 16000)
+            key = w.write(cid, rng.standard_normal((T, 3)).astype(np.float32))
+            feats = Features(type="fbank", num_frames=T, num_features=3, frame_shift=0.01, sampling_rate=16000,
+                             start=0.0, duration=d, storage_type=w.name, storage_path=w.storage_path, storage_key=key)
+            sup = SupervisionSegment(id=cid, recording_id=cid, start=0.0, duration=d, text="x")
+            cuts.append(MonoCut(id=cid, start=0.0, duration=d, channel=0, features=feats, supervisions=[sup]))
+    return CutSet.from_cuts(cuts)
+
+
+def expand_top2(p: np.ndarray) -> np.ndarray:
+    """By hand: keep each frame's two most probable tokens, spread the rest evenly over the other two."""
+    out = np.empty_like(p)
+    for t, row in enumerate(p):
+        top = np.argsort(-row, kind="stable")[:2]
+        rest = (1.0 - row[top].sum()) / (len(row) - 2)
+        out[t] = rest
+        out[t, top] = row[top]
+    return out
+
+
+@pytest.fixture()
+def setup(tmp_path: Path):
+    """Two cuts (5 and 3 output frames) and two archives: A dense, B top-2, both at T=2."""
+    cuts = make_cuts(tmp_path, [0.2, 0.1])
+    rng = np.random.default_rng(7)
+    dists = {}
+    for name, k in (("A", None), ("B", 2)):
+        meta = ArchiveMeta(teacher=name, checkpoint=f"exp/{name}/best.pt", lang_hash=LANG, vocab_size=V,
+                           temperature=2.0, k=k)
+        with SoftLabelWriter(tmp_path / name, meta, chunk_size=1) as w:
+            for c in cuts:
+                p = rng.dirichlet(np.ones(V), size=math.ceil(c.num_frames / 4))
+                w.add(c, np.log(p))
+                dists[name, c.id] = p if k is None else expand_top2(p)
+        w.finalize()
+    teachers = [{"name": "A", "archive": str(tmp_path / "A"), "weight": 3.0},
+                {"name": "B", "archive": str(tmp_path / "B"), "weight": 1.0}]
+    return cuts, teachers, dists
+
+
+def padded(dists: dict, name: str, cuts, T: int) -> np.ndarray:
+    out = np.zeros((len(cuts), T, V))
+    for i, c in enumerate(cuts):
+        p = dists[name, c.id]
+        out[i, : len(p)] = p
+    return out
+
+
+def test_combine_targets_hand_computed() -> None:
+    a = torch.tensor([[[0.5, 0.5, 0.0]]])
+    b = torch.tensor([[[0.1, 0.2, 0.7]]])
+    assert torch.allclose(combine_targets([a, b]), torch.tensor([[[0.3, 0.35, 0.35]]]))
+    assert torch.allclose(combine_targets([a, b], [3, 1]), torch.tensor([[[0.4, 0.425, 0.175]]]))
+    with pytest.raises(ValueError):
+        combine_targets([a, b], [1.0])
+
+
+def test_best_teacher_targets() -> None:
+    good_1 = torch.tensor([[0.1, 0.8, 0.1], [0.8, 0.1, 0.1]])  # says "1"
+    good_2 = torch.tensor([[0.1, 0.1, 0.8], [0.8, 0.1, 0.1]])  # says "2"
+    A = torch.stack([good_1, good_1, good_1, good_1])
+    B = torch.stack([good_2, good_2, good_2, good_2])
+    lens = torch.tensor([2, 2, 2, 2])
+    targets = [[1], [2], [], [1, 1, 1]]  # the last needs 5 frames: infinite for both teachers
+    probs, chosen = best_teacher_targets([A.log(), B.log()], lens, targets)
+    assert chosen.tolist() == [0, 1, -1, -1]
+    assert torch.allclose(probs[0], good_1) and torch.allclose(probs[1], good_2)
+    assert torch.allclose(probs[2], (good_1 + good_2) / 2) and torch.allclose(probs[3], (good_1 + good_2) / 2)
+
+
+def test_switch_round_robin_random_and_resume() -> None:
+    rr = TeacherSwitcher(3, "round-robin")
+    assert [rr.next() for _ in range(7)] == [0, 1, 2, 0, 1, 2, 0]
+    r1, r2 = TeacherSwitcher(3, "random", seed=5), TeacherSwitcher(3, "random", seed=5)
+    seq = [r1.next() for _ in range(40)]
+    assert seq == [r2.next() for _ in range(40)] and set(seq) == {0, 1, 2}
+    assert seq != [TeacherSwitcher(3, "random", seed=6).next() for _ in range(40)]
+    # resume: the state after 10 steps continues exactly like an uninterrupted run
+    a = TeacherSwitcher(3, "random", seed=5)
+    for _ in range(10):
+        a.next()
+    b = TeacherSwitcher(3, "random", seed=5)
+    b.load_state_dict(a.state_dict())
+    assert [b.next() for _ in range(30)] == seq[10:]
+    assert b.counts == [seq.count(i) for i in range(3)]
+    assert all(a.choose(s) == seq[s] for s in range(40))  # step-keyed: no hidden state
+    with pytest.raises(ValueError, match="seed"):
+        TeacherSwitcher(3, "random", seed=9).load_state_dict(a.state_dict())
+
+
+def test_multistream_ids(tmp_path: Path) -> None:
+    cuts = make_cuts(tmp_path, [0.2, 0.1])
+    ms = multistream_cuts(cuts, ["A", "B"])
+    assert sorted(ms.ids) == ["utt-0#A", "utt-0#B", "utt-1#A", "utt-1#B"]
+    for c in ms:
+        assert c.custom["orig_id"] == c.id.split("#")[0] and c.custom["kd_teacher"] == c.id.split("#")[1]
+        assert c.num_frames == cuts[c.custom["orig_id"]].num_frames
+    assert all(c.custom is None or "kd_teacher" not in c.custom for c in cuts)  # originals untouched
+    with pytest.raises(ValueError):
+        multistream_cuts(cuts, ["A", "A"])
+
+
+def kd_cfg(teachers, **kw) -> dict:
+    return {"kd": {"teachers": teachers, **kw}}
+
+
+def test_kd_targets_each_strategy(setup) -> None:
+    cuts, teachers, dists = setup
+    cl = list(cuts)
+    nf = torch.tensor([5, 3])
+    A, B = padded(dists, "A", cl, 5), padded(dists, "B", cl, 5)
+
+    single = KDTargets(kd_cfg(teachers[:1]), cuts, LANG, vocab_size=V)
+    got = single.targets_for_batch(cl, nf, step=0).numpy()
+    np.testing.assert_allclose(got, A, rtol=3e-3, atol=1e-5)
+    assert np.all(got[1, 3:] == 0)  # padding
+    # any order of the batch: labels follow the cut ids
+    np.testing.assert_allclose(single.targets_for_batch(cl[::-1], nf.flip(0), 0).numpy()[0, :3], A[1, :3], rtol=3e-3)
+
+    sw = KDTargets(kd_cfg(teachers, combine="switch"), cuts, LANG)
+    np.testing.assert_allclose(sw.targets_for_batch(cl, nf, step=0).numpy(), A, rtol=3e-3, atol=1e-5)
+    np.testing.assert_allclose(sw.targets_for_batch(cl, nf, step=1).numpy(), B, rtol=3e-3, atol=1e-5)
+    assert sw.last_teachers == ["B", "B"]
+
+    avg = KDTargets(kd_cfg(teachers, combine="average"), cuts, LANG)
+    np.testing.assert_allclose(avg.targets_for_batch(cl, nf, 0).numpy(), (A + B) / 2, rtol=3e-3, atol=1e-5)
+    wtd = KDTargets(kd_cfg(teachers, combine="weighted"), cuts, LANG)
+    np.testing.assert_allclose(wtd.targets_for_batch(cl, nf, 0).numpy(), 0.75 * A + 0.25 * B, rtol=3e-3, atol=1e-5)
+
+    ms_cuts = multistream_cuts(cuts, ["A", "B"])
+    ms = KDTargets(kd_cfg(teachers, combine="multistream"), ms_cuts, LANG)
+    batch = [ms_cuts["utt-1#B"], ms_cuts["utt-0#A"]]
+    got = ms.targets_for_batch(batch, [3, 5], 0).numpy()
+    np.testing.assert_allclose(got[0, :3], B[1, :3], rtol=3e-3)
+    np.testing.assert_allclose(got[1], A[0], rtol=3e-3)
+    with pytest.raises(ArchiveMismatchError, match="kd_teacher"):
+        ms.targets_for_batch(cl, nf, 0)
+
+    best = KDTargets(kd_cfg(teachers, combine="best"), cuts, LANG)
+    refs = [[1, 2], [1]]  # with these labels, A wins cut 0 and B wins cut 1
+    got = best.targets_for_batch(cl, nf, 0, ref_targets=refs).numpy()
+    for i, n in enumerate([5, 3]):
+        # the reference: each teacher's CTC on the transcript, at T=1 (archive labels sharpened back from T=2)
+        ctc = [float(torch.nn.functional.ctc_loss(
+            torch.log_softmax(2.0 * torch.log(torch.from_numpy(X[i, :n])), -1)[:, None], torch.tensor(refs[i]),
+            torch.tensor([n]), torch.tensor([len(refs[i])]), reduction="sum")) for X in (A, B)]
+        want = "A" if ctc[0] <= ctc[1] else "B"
+        assert best.last_teachers[i] == want == "AB"[i], (ctc, best.last_teachers)
+        np.testing.assert_allclose(got[i], A[i] if want == "A" else B[i], rtol=3e-3, atol=1e-5)
+    with pytest.raises(ValueError, match="ref"):
+        best.targets_for_batch(cl, nf, 0)
+
+    with pytest.raises(ArchiveMismatchError, match=r"utt-0: teacher A has 5 frames, the student 6"):
+        single.targets_for_batch(cl, [6, 3], 0)
+
+
+@pytest.mark.parametrize("strategy", ["frame-kl", "seq", "guided"])
+def test_kd_loss_and_objective(setup, strategy: str) -> None:
+    cuts, teachers, _ = setup
+
+    class Student(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(3, V)
+
+        def forward(self, feats, feat_lens):
+            return self.proj(feats[:, ::4]), (feat_lens + 3) // 4
+
+    kd = KDTargets(kd_cfg(teachers, combine="switch", strategy=strategy, nbest=2, skip_blank_frames=True), cuts, LANG)
+    obj = KDObjective(kd)
+    cl = sorted(cuts, key=lambda c: -c.duration)
+    feats = torch.zeros(2, 20, 3)
+    for i, c in enumerate(cl):
+        f = torch.from_numpy(c.load_features())
+        feats[i, : f.shape[0]] = f
+    batch = {"features": feats, "feature_lens": torch.tensor([20, 10]), "cut_ids": [c.id for c in cl],
+             "targets": [[1, 2], []], "cuts": CutSet.from_cuts(cl[::-1])}
+    model = Student()
+    loss, stats = obj(model, batch, step=3)
+    loss.backward()
+    assert math.isfinite(float(loss.detach())) and model.proj.weight.grad is not None
+    assert stats
+    state = obj.state_dict()
+    fresh = KDObjective(KDTargets(kd_cfg(teachers, combine="switch", strategy=strategy, nbest=2), cuts, LANG))
+    fresh.load_state_dict(state)
+    assert fresh.kd.switcher.counts == kd.switcher.counts == [0, 1]
+
+
+def test_kd_targets_construction_checks(setup, tmp_path: Path) -> None:
+    cuts, teachers, _ = setup
+    with pytest.raises(ArchiveMismatchError, match="lang hash"):
+        KDTargets(kd_cfg(teachers[:1]), cuts, "d" * 64)
+    with pytest.raises(ConfigError, match="combine"):
+        KDTargets(kd_cfg(teachers), cuts, LANG)
+    with pytest.raises(ConfigError, match="lamda"):
+        KDTargets(kd_cfg(teachers[:1], lamda=0.3), cuts, LANG)
+    with pytest.raises(ConfigError, match="temperature"):
+        KDTargets(kd_cfg(teachers[:1], temperature=1.0), cuts, LANG)
+    more = make_cuts(tmp_path / "more", [0.2, 0.1, 0.3])
+    with pytest.raises(ArchiveMismatchError, match="utt-2"):
+        KDTargets(kd_cfg(teachers[:1]), more, LANG)
+    # a teacher dumped at another temperature cannot share one T^2 with the others
+    meta = ArchiveMeta(teacher="C", checkpoint="c.pt", lang_hash=LANG, vocab_size=V, temperature=1.0)
+    with SoftLabelWriter(tmp_path / "C", meta) as w:
+        for c in cuts:
+            w.add(c, np.log(np.full((math.ceil(c.num_frames / 4), V), 1 / V)))
+    w.finalize()
+    with pytest.raises(ArchiveMismatchError, match="temperature"):
+        KDTargets(kd_cfg(teachers + [{"name": "C", "archive": str(tmp_path / "C")}], combine="average"), cuts, LANG)
+
+
+def test_augmentation_check() -> None:
+    teachers = [{"name": "A", "archive": "x"}]
+    ok = {"kd": {"teachers": teachers}, "train": {"spec_augment": {"enabled": True, "time_warp_factor": 0}},
+          "data": {"speed_perturb": False}}
+    check_augmentation_compatible(ok)
+    check_augmentation_compatible({"train": {"spec_augment": {"time_warp_factor": 80}}})  # no KD: anything goes
+    check_augmentation_compatible({"kd": {"teachers": teachers}, "train": {"spec_augment": {"enabled": False}}})
+    with pytest.raises(ConfigError, match=r"train.spec_augment.time_warp_factor = 80"):
+        check_augmentation_compatible({"kd": {"teachers": teachers}, "train": {"spec_augment": {"p": 0.9}}})
+    with pytest.raises(ConfigError, match=r"data.speed_perturb"):
+        check_augmentation_compatible({"kd": {"teachers": teachers}, "data": {"speed_perturb": [0.9, 1.0, 1.1]}})
+    check_augmentation_compatible({"kd": {"teachers": teachers}, "data": {"speed_perturb": [1.0]}})

@@ -1,0 +1,134 @@
+"""Training loop: outputs, exact resume after a kill, NaN guard, DDP on CPU, averaging."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from kdasr.cli.main import cli
+from kdasr.data.tokenizer import build_char_lang, texts_from_cuts
+from kdasr.train.checkpoint import average_checkpoints, load_checkpoint
+from kdasr.train.trainer import Trainer
+from synth import make_feature_cuts
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("synth")
+    train = make_feature_cuts(root / "feats", num_cuts=48, seed=0, prefix="tr")
+    dev = make_feature_cuts(root / "feats", num_cuts=8, seed=1, prefix="dv")
+    nan = make_feature_cuts(root / "feats", num_cuts=12, seed=2, prefix="nan", nan_cuts=(5,))
+    paths = {}
+    for name, cs in (("train", train), ("dev", dev), ("nan", nan)):
+        paths[name] = root / f"cuts_{name}.jsonl.gz"
+        cs.to_file(paths[name])
+    build_char_lang(texts_from_cuts(train), root / "lang_char")
+    cfg = {
+        "data": {"train_cuts": str(paths["train"]), "dev_cuts": str(paths["dev"]),
+                 "lang_dir": str(root / "lang_char"), "max_duration": 3.0, "num_buckets": 2},
+        "model": {"name": "cnn", "channels": 32, "num_layers": 2},
+        "train": {"epochs": 2, "lr": 3e-3, "warmup_steps": 5, "save_every_n": 1, "keep_last_n": 0,
+                  "early_stop_patience": 0, "log_every_n": 1},
+    }
+    config = root / "train.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    return {"root": root, "config": config, "cfg": cfg, "paths": paths}
+
+
+def _kdasr(*args: str) -> list[str]:
+    return [sys.executable, "-m", "kdasr", *args]
+
+
+def test_training_writes_outputs_and_learns(synth_data, tmp_path):
+    exp = tmp_path / "exp"
+    result = CliRunner().invoke(cli, ["train", str(synth_data["config"]), "--exp-dir", str(exp),
+                                      "--set", "train.epochs=3", "--set", "train.save_every_n=0"])
+    assert result.exit_code == 0, result.output
+    for name in ("config.yaml", "epoch-1.pt", "epoch-3.pt", "best.pt", "train_summary.yaml", "log/train.log"):
+        assert (exp / name).exists(), name
+    assert list((exp / "tensorboard").iterdir())
+    assert yaml.safe_load((exp / "config.yaml").read_text())["train"]["epochs"] == 3
+    hist = load_checkpoint(exp / "epoch-3.pt")["train_state"]["history"]
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert "dev_wer" in hist[0]
+    out = CliRunner().invoke(cli, ["average", "--exp-dir", str(exp), "--avg", "2"])
+    assert out.exit_code == 0, out.output
+    avg = load_checkpoint(exp / "avg-3-2.pt")["model"]
+    a, b = load_checkpoint(exp / "epoch-2.pt")["model"], load_checkpoint(exp / "epoch-3.pt")["model"]
+    for k, v in avg.items():
+        if v.is_floating_point():
+            assert torch.allclose(v, (a[k] + b[k]) / 2, atol=1e-6), k
+
+
+def test_resume_after_kill_gives_identical_weights(synth_data, tmp_path):
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    args = [str(synth_data["config"]), "--set", "train.epochs=2"]
+    subprocess.run(_kdasr("train", *args, "--exp-dir", str(ref)), check=True, capture_output=True)
+    proc = subprocess.Popen(_kdasr("train", *args, "--exp-dir", str(killed)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "checkpoint-5.pt").exists():
+        assert proc.poll() is None, "training finished before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "epoch-2.pt").exists(), "the run was not killed mid-way"
+    subprocess.run(_kdasr("train", *args, "--exp-dir", str(killed)), check=True, capture_output=True)
+    log = (killed / "log" / "train.log").read_text()
+    assert "resumed from" in log
+    a, b = load_checkpoint(ref / "epoch-2.pt"), load_checkpoint(killed / "epoch-2.pt")
+    assert a["step"] == b["step"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_nan_batch_is_skipped_and_logged(synth_data, tmp_path):
+    cfg = dict(synth_data["cfg"])
+    cfg["data"] = dict(cfg["data"], train_cuts=str(synth_data["paths"]["nan"]), dev_cuts=None)
+    cfg["train"] = dict(cfg["train"], epochs=1, save_every_n=0)
+    trainer = Trainer(cfg, tmp_path / "exp")
+    trainer.fit(resume=False)
+    log = (tmp_path / "exp" / "log" / "train.log").read_text()
+    skipped = [line for line in log.splitlines() if "non-finite loss" in line]
+    assert len(skipped) == 1 and "nan-005" in skipped[0]
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu_stay_in_sync(synth_data, tmp_path):
+    exp = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-port", str(_free_port()), "-m", "kdasr", "train", str(synth_data["config"]),
+           "--exp-dir", str(exp), "--set", "train.save_every_n=0"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = (exp / "log" / "train.log").read_text()
+    assert "world size 2" in log
+    assert "DDP ranks in sync" in log
+    assert (exp / "log" / "train.rank1.log").exists()
+    assert load_checkpoint(exp / "epoch-2.pt")["train_state"]["epoch"] == 2
+
+
+def test_average_refuses_different_networks(synth_data, tmp_path):
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    torch.save({"model": {"w": torch.zeros(2)}}, a)
+    torch.save({"model": {"w": torch.zeros(3)}}, b)
+    with pytest.raises(ValueError, match="different network"):
+        average_checkpoints([a, b])
