@@ -69,7 +69,7 @@ def test_nbest_is_distinct_and_sorted(graphs) -> None:
     tok, graph_dir, _ = graphs
     lp, lens = batch([ambiguous(tok, 0.5, "TWO")])
     dec = WfstDecoder(graph_dir, tok, nbest=3)
-    hyps = dec.nbest(lp, lens)[0]
+    hyps = dec.hypotheses(lp, lens)[0]
     texts = [h for h, _ in hyps]
     assert texts[0] == "ONE TWO" and "ON TWO" in texts and len(set(texts)) == len(texts)
     assert [s for _, s in hyps] == sorted((s for _, s in hyps), reverse=True)

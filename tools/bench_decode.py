@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
 import random
 import tempfile
 import time
@@ -27,7 +29,7 @@ from typing import Callable
 import kaldialign
 import torch
 
-from kdasr.data.tokenizer import Tokenizer, build_char_lang
+from kdasr.data.tokenizer import BLANK, UNK, WORD_SEP, Tokenizer, build_char_lang
 from kdasr.decode import make_decoder
 from kdasr.decode.graph import build_graph
 
@@ -79,6 +81,29 @@ def peaky_posteriors(tok: Tokenizer, sentences: list[str], frames: int, margin: 
             words.append(word)
 
 
+def torchaudio_peer(tok: Tokenizer, graph: Path | None, beam_size: int, lm_weight: float) -> Callable:
+    """torchaudio's ``ctc_decoder`` from files, lexicon-free (``graph`` None) or with lexicon + the graph's ARPA."""
+    from torchaudio.models.decoder import ctc_decoder
+
+    lexicon = None
+    if graph is not None:
+        lexicon = graph.parent / "peer_lexicon.txt"  # in the throw-away lang dir, not the graph
+        spellings = (line.split() for line in (graph / "lexicon.txt").read_text(encoding="utf-8").splitlines())
+        lexicon.write_text("".join(" ".join(p + [WORD_SEP]) + "\n" for p in spellings if len(p) > 1),
+                           encoding="utf-8")
+    decoder = ctc_decoder(lexicon=str(lexicon) if lexicon else None, tokens=list(tok.tokens),
+                          lm=str(graph / "G.arpa") if graph is not None else None, beam_size=beam_size,
+                          lm_weight=lm_weight * math.log(10.0), blank_token=BLANK, sil_token=WORD_SEP, unk_word=UNK)
+
+    def run(lp: torch.Tensor, lens: torch.Tensor) -> list[str]:
+        hyps = decoder(lp.float().contiguous(), lens.int())
+        if graph is None:
+            return [tok.decode(h[0].tokens.tolist()) if h else "" for h in hyps]
+        return [" ".join(h[0].words) if h else "" for h in hyps]
+
+    return run
+
+
 def time_method(decoder: Callable, batches: list[tuple[torch.Tensor, torch.Tensor]], sync_cuda: bool) -> tuple[float, list[str]]:
     hyps: list[str] = []
     t0 = time.perf_counter()
@@ -98,7 +123,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=10.0, help="Seconds of audio per utterance.")
     ap.add_argument("--num-utts", type=int, default=16)
-    ap.add_argument("--batch-sizes", default="1,16", help="Comma-separated batch sizes.")
+    ap.add_argument("--batch-sizes", default="1,4,16", help="Comma-separated batch sizes.")
     ap.add_argument("--num-words", type=int, default=2000, help="LM vocabulary size.")
     ap.add_argument("--num-sentences", type=int, default=5000, help="LM training sentences.")
     ap.add_argument("--order", type=int, default=3)
@@ -110,6 +135,8 @@ def main() -> None:
     ap.add_argument("--beam-size", type=int, default=50, help="Flashlight beam size.")
     ap.add_argument("--lm-weight", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=3, help="Time each row this often and keep the fastest "
+                    "(shared machines are noisy).")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -133,12 +160,18 @@ def main() -> None:
         print(f"# {args.num_utts} utterances x {args.duration:.1f} s ({frames} frames), vocab {tok.vocab_size} "
               f"tokens, {info['lexicon_words']} words, {args.order}-gram; TLG {info['TLG']['states']} states / "
               f"{info['TLG']['arcs']} arcs, built in {build_s:.1f} s; torch threads {torch.get_num_threads()}")
+        print(f"# CPU rows: {os.cpu_count()} cores; GPU rows: "
+              + (torch.cuda.get_device_name(0) if cuda else "none (no CUDA device)"))
 
         methods: list[tuple[str, Callable[[], Callable], bool]] = [
             ("greedy", lambda: make_decoder("greedy", tok), False),
             ("beam lexicon-free (flashlight)", lambda: make_decoder("beam", tok, beam_size=args.beam_size), False),
             ("beam lexicon+LM (flashlight+KenLM)", lambda: make_decoder(
                 "beam", tok, graph_dir=graph, beam_size=args.beam_size, lm_weight=args.lm_weight), False),
+            ("peer: torchaudio ctc_decoder lex-free", lambda: torchaudio_peer(
+                tok, None, args.beam_size, args.lm_weight), False),
+            ("peer: torchaudio ctc_decoder lex+LM", lambda: torchaudio_peer(
+                tok, graph, args.beam_size, args.lm_weight), False),
             ("wfst num_jobs=1", lambda: make_decoder("wfst", tok, graph_dir=graph, beam=args.beam,
                                                      max_active=args.max_active, lm_weight=args.lm_weight), False),
             ("wfst num_jobs=2", lambda: make_decoder("wfst", tok, graph_dir=graph, beam=args.beam,
@@ -146,8 +179,9 @@ def main() -> None:
                                                      num_jobs=2), False),
         ]
         if cuda:
-            methods.append(("beam lexicon-free (CUDA)", lambda: make_decoder("beam", tok, device="cuda",
-                                                                             beam_size=10), True))
+            methods += [("greedy (CUDA)", lambda: make_decoder("greedy", tok, device="cuda"), True),
+                        ("beam lexicon-free (CUDA)", lambda: make_decoder("beam", tok, device="cuda", beam_size=10),
+                         True)]
         print(f"{'method':40s} {'batch':>5s} {'RTF':>9s} {'x real time':>12s} {'WER %':>7s} {'setup s':>8s}")
         for name, factory, on_gpu in methods:
             t0 = time.perf_counter()
@@ -160,7 +194,8 @@ def main() -> None:
                     lens = torch.full((lp.shape[0],), frames)
                     batches.append((lp.cuda(), lens.cuda()) if on_gpu else (lp, lens))
                 time_method(decoder, batches[:1], on_gpu)  # warm-up: worker start, CUDA kernels
-                secs, hyps = time_method(decoder, batches, on_gpu)
+                runs = [time_method(decoder, batches, on_gpu) for _ in range(args.repeats)]
+                secs, hyps = min(runs, key=lambda r: r[0])
                 rtf = secs / audio
                 print(f"{name:40s} {bs:5d} {rtf:9.5f} {1 / max(rtf, 1e-12):12.0f} {wer(refs, hyps):7.2f} {setup_s:8.2f}")
             close = getattr(decoder, "close", None)

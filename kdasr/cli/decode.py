@@ -1,11 +1,25 @@
 """``kdasr decode``: decode a cut set with a checkpoint and score it."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Optional
 
 import click
 
 from kdasr.config import parse_override
+
+
+def _weights(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[list[float]]:
+    if value is None:
+        return None
+    try:
+        weights = [float(w) for w in value.split(",") if w.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
+    if not weights:
+        raise click.BadParameter("no weights given")
+    return weights
 
 
 @click.command()
@@ -18,11 +32,22 @@ from kdasr.config import parse_override
 @click.option("--device", default="auto", help="auto, cpu or cuda.")
 @click.option("--max-duration", default=200.0, help="Seconds of audio per batch.")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
-              help="Decoder option, e.g. --opt beam=20 --opt graph_dir=data/lang_char/graph_x (repeatable).")
+              help="Decoder option, e.g. --opt beam=20 --opt graph_dir=data/lang_char/graph_x (repeatable); "
+                   "--opt nbest=K (beam, wfst) also writes nbest-*.txt.")
 @click.option("--name", default=None, help="Test-set name in output files (default: from --cuts).")
+@click.option("--num-jobs", default=1, type=click.IntRange(min=1),
+              help="WFST search in this many worker processes (same output as 1).")
+@click.option("--scan-lm-weights", "scan_weights", default=None, callback=_weights, metavar="W1,W2,...",
+              help="Try these LM weights on --scan-cuts and decode CUTS with the best (beam with an LM, wfst).")
+@click.option("--scan-cuts", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Dev cuts for --scan-lm-weights.")
 def decode(checkpoint: Path, cuts_path: Path, lang_dir: Path, method: str, out_dir: Path, device: str,
-           max_duration: float, opts: tuple[str, ...], name: str | None) -> None:
-    """Decode CUTS and write recogs-*, errs-* (with %WER) and wer-summary-* to OUT_DIR."""
+           max_duration: float, opts: tuple[str, ...], name: Optional[str], num_jobs: int,
+           scan_weights: Optional[list[float]], scan_cuts: Optional[Path]) -> None:
+    """Decode CUTS and write recogs-*, errs-* (with %WER), wer-summary-* and decode.yaml to OUT_DIR.
+
+    With --scan-lm-weights also lm-weight-scan-*.{yaml,md}; with --opt nbest=K also nbest-*.txt.
+    """
     from kdasr.cli.common import log_to
     from kdasr.decode.run import run_decode
 
@@ -31,5 +56,13 @@ def decode(checkpoint: Path, cuts_path: Path, lang_dir: Path, method: str, out_d
     for item in opts:
         keys, value = parse_override(item)
         decoder_opts[".".join(keys)] = value
-    summary = run_decode(checkpoint, cuts_path, lang_dir, out_dir, method, device, max_duration, decoder_opts, name)
+    try:
+        summary = run_decode(checkpoint, cuts_path, lang_dir, out_dir, method, device, max_duration, decoder_opts,
+                             name, num_jobs=num_jobs, scan_weights=scan_weights, scan_cuts=scan_cuts)
+    except ValueError as e:
+        logging.error("%s", e)
+        raise click.ClickException(str(e)) from e
+    if "lm_weight" in summary:
+        click.echo(f"LM weight {summary['lm_weight']:g} (lowest WER on {scan_cuts}; "
+                   f"table: {out_dir / summary['lm_weight_scan']['table']})")
     click.echo(f"%WER {summary['wer']:.2f} [ {summary['errors']} / {summary['ref_words']} ]  RTF {summary['rtf']:.4f}")

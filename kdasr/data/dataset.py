@@ -15,13 +15,7 @@ from lhotse.dataset import SpecAugment
 from lhotse.dataset.collation import collate_features
 
 from kdasr.data.tokenizer import Tokenizer
-
-
-def cut_text(cut) -> str:
-    """The transcript of a cut ('' for an untranscribed cut)."""
-    if not cut.supervisions:
-        return ""
-    return (cut.supervisions[0].text or "").strip()
+from kdasr.data.validate import cut_text
 
 
 class AsrDataset(torch.utils.data.Dataset):

@@ -162,8 +162,13 @@ def filter_ctc_feasible(
     tokenizer: _Encoder,
     frame_shift: float = 0.01,
     subsampling: int = 4,
+    keep_untranscribed: bool = False,
 ) -> tuple[CutSet, dict]:
     """Keep the cuts CTC can train on; report the others by id and reason.
+
+    ``keep_untranscribed`` keeps cuts with no text (KD students learn them
+    from a teacher's soft labels alone); they are counted in
+    ``report["untranscribed"]``, not reported as problems.
 
     Reasons: ``empty_text``, ``unmappable_text`` (the tokenizer raised
     ``UnknownTokenError``), ``ctc_infeasible`` (too many tokens for the
@@ -175,6 +180,10 @@ def filter_ctc_feasible(
     for cut in cuts:
         total += 1
         text = cut_text(cut)
+        if not text and keep_untranscribed:
+            report["untranscribed"] = report.get("untranscribed", 0) + 1
+            kept.append(cut)
+            continue
         if not text:
             add_problem(report, EMPTY_TEXT, cut.id)
             continue

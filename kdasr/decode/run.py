@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
 import torch
 import yaml
@@ -14,12 +14,11 @@ from tqdm import tqdm
 
 from kdasr.data.dataset import AsrDataset
 from kdasr.data.tokenizer import Tokenizer
+from kdasr.decode import Decoder, make_decoder, scan_lm_weights
 from kdasr.models import macs_per_second
 from kdasr.score.wer import compute_wer, write_errs, write_recogs, write_wer_summary
 from kdasr.train.checkpoint import load_model
 from kdasr.utils.io import atomic_write_text
-
-Decoder = Callable[[torch.Tensor, torch.Tensor], list[str]]
 
 
 def iter_log_probs(
@@ -35,6 +34,15 @@ def iter_log_probs(
             yield batch, logits.float().log_softmax(dim=-1), out_lens
 
 
+class Decoded(NamedTuple):
+    """What :func:`decode_cuts` returns; ``nbest`` is empty unless asked for."""
+
+    refs: dict[str, str]
+    hyps: dict[str, str]
+    nbest: dict[str, list[tuple[str, float]]]
+    seconds: float
+
+
 def decode_cuts(
     model: torch.nn.Module,
     cuts: CutSet,
@@ -42,23 +50,87 @@ def decode_cuts(
     decoder: Decoder,
     device: torch.device,
     max_duration: float = 200.0,
-) -> tuple[dict[str, str], dict[str, str], float]:
-    """Return (refs, hyps, seconds spent in the network and the search)."""
-    refs: dict[str, str] = {}
-    hyps: dict[str, str] = {}
-    total = 0.0
+    nbest: bool = False,
+) -> Decoded:
+    """Decode ``cuts``; the seconds cover the network and the search.
+
+    ``nbest``: also keep each utterance's ``(text, score)`` list from
+    ``decoder.hypotheses`` (beam and WFST searches built with ``nbest=K``).
+    """
+    out = Decoded({}, {}, {}, 0.0)
     bar = tqdm(desc="decode", total=len(cuts), unit="utt", leave=False)
     t0 = time.perf_counter()
     for batch, log_probs, out_lens in iter_log_probs(model, cuts, tokenizer, device, max_duration):
-        texts = decoder(log_probs, out_lens)
+        if nbest:
+            lists = decoder.hypotheses(log_probs, out_lens)  # type: ignore[attr-defined]
+            texts = [hyps[0][0] for hyps in lists]
+            out.nbest.update(zip(batch["cut_ids"], lists))
+        else:
+            texts = decoder(log_probs, out_lens)
         for cid, ref, hyp in zip(batch["cut_ids"], batch["texts"], texts):
-            refs[cid], hyps[cid] = ref, hyp
+            out.refs[cid], out.hyps[cid] = ref, hyp
         bar.update(len(texts))
     if device.type == "cuda":
         torch.cuda.synchronize()
-    total = time.perf_counter() - t0
     bar.close()
-    return refs, hyps, total
+    return out._replace(seconds=time.perf_counter() - t0)
+
+
+def scan_weights_on_cuts(
+    model: torch.nn.Module,
+    cuts_path: Path,
+    tokenizer: Tokenizer,
+    decoder_factory: Callable[[float], Decoder],
+    weights: Sequence[float],
+    device: torch.device,
+    max_duration: float = 200.0,
+) -> tuple[float, list[dict[str, float]]]:
+    """Run the network over ``cuts_path`` once, then :func:`kdasr.decode.scan_lm_weights` on its log-probs.
+
+    The log-probs are kept on the CPU (a dev set fits there; not always on
+    the GPU next to the model); the decoders copy them where they search.
+    """
+    cuts = CutSet.from_file(cuts_path).to_eager()
+    batches, refs = [], []
+    for batch, log_probs, out_lens in iter_log_probs(model, cuts, tokenizer, device, max_duration):
+        batches.append((log_probs.cpu(), out_lens.cpu()))
+        refs += batch["texts"]
+    if not refs:
+        raise ValueError(f"{cuts_path} holds no cuts to scan LM weights on")
+    return scan_lm_weights(decoder_factory, batches, refs, weights)
+
+
+def write_scan_table(out_dir: Path, tag: str, cuts_path: Path, best: float, table: list[dict[str, float]]) -> Path:
+    """Write and log ``lm-weight-scan-<tag>.yaml`` (for scripts) and ``.md`` (for people); return the latter."""
+    doc = {"cuts": str(cuts_path), "best_lm_weight": best, "table": table}
+    atomic_write_text(out_dir / f"lm-weight-scan-{tag}.yaml", yaml.safe_dump(doc, sort_keys=False))
+    md = out_dir / f"lm-weight-scan-{tag}.md"
+    text = scan_table_markdown(cuts_path, best, table)
+    atomic_write_text(md, text)
+    logging.info("LM weight scan (%s):\n%s", md, text)
+    return md
+
+
+def scan_table_markdown(cuts_path: Path, best: float, table: list[dict[str, float]]) -> str:
+    """The rows of :func:`kdasr.decode.scan_lm_weights` as a markdown table, the best marked."""
+    lines = [f"LM weight scan on {cuts_path} (best: {best:g})", "", "| lm_weight | WER % | errors | ref words |",
+             "|---:|---:|---:|---:|"]
+    for row in table:
+        mark = " **best**" if row["lm_weight"] == best else ""
+        lines.append(f"| {row['lm_weight']:g}{mark} | {row['wer']:.2f} | {row['errors']} | {row['ref_words']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_nbest(path: Path, nbest: dict[str, list[tuple[str, float]]]) -> None:
+    """One line per hypothesis: ``cut_id<TAB>rank<TAB>score<TAB>text``, cuts sorted, best first."""
+    lines = [f"{cid}\t{rank}\t{score:.4f}\t{text}" for cid in sorted(nbest)
+             for rank, (text, score) in enumerate(nbest[cid], 1)]
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+
+
+def set_name(cuts_path: Path) -> str:
+    """``cuts_dev_wb.jsonl.gz`` -> ``dev_wb``: the name of a test set in output file names."""
+    return Path(cuts_path).name.split(".")[0].removeprefix("cuts_")
 
 
 def run_decode(
@@ -71,24 +143,67 @@ def run_decode(
     max_duration: float = 200.0,
     decoder_opts: Optional[dict[str, Any]] = None,
     name: Optional[str] = None,
+    num_jobs: int = 1,
+    scan_weights: Optional[Sequence[float]] = None,
+    scan_cuts: Optional[Path] = None,
 ) -> dict:
     """Decode ``cuts_path`` with ``checkpoint`` and write icefall-style results to ``out_dir``.
 
-    Writes ``recogs-<name>.txt``, ``errs-<name>.txt``, ``wer-summary-<name>.txt``
-    and ``decode.yaml`` (WER, per-condition WER, real-time factor, parameters,
-    MACs) which ``kdasr report`` collects.
+    Writes ``recogs-<name>-<method>.txt``, ``errs-...``, ``wer-summary-...``,
+    ``nbest-...`` (when ``decoder_opts`` has ``nbest`` > 1) and
+    ``decode.yaml`` (WER, per-condition WER, real-time factor, parameters,
+    MACs) which ``kdasr report`` collects. ``num_jobs`` > 1 runs the WFST
+    search in that many worker processes (same output as one). With
+    ``scan_weights`` the network runs once over ``scan_cuts`` (a dev set),
+    each weight is tried there, the table goes to ``lm-weight-scan-*``, and
+    ``cuts_path`` is decoded with the weight of the lowest dev WER.
     """
-    from kdasr.decode import make_decoder
-
+    opts = dict(decoder_opts or {})
+    if num_jobs != 1:
+        if method != "wfst":
+            raise ValueError(f"num_jobs={num_jobs}: only the wfst method runs in worker processes, not {method!r}")
+        opts["num_jobs"] = num_jobs
+    if (scan_weights is None) != (scan_cuts is None):
+        raise ValueError("an LM weight scan needs both the weights and the dev cuts to scan them on "
+                         "(--scan-lm-weights and --scan-cuts)")
+    if scan_weights is not None:
+        if method not in ("beam", "wfst"):
+            raise ValueError(f"method {method!r} has no LM weight to scan; use beam (with an LM) or wfst")
+        if "lm_weight" in opts:
+            raise ValueError("give the LM weight either as a decoder option or as weights to scan, not both")
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     model, ckpt = load_model(checkpoint, dev)
     tokenizer = Tokenizer.from_dir(lang_dir)
     if ckpt["lang_hash"] != tokenizer.hash:
         raise ValueError(f"{checkpoint} was trained with another token set than {lang_dir}")
+    name = name or set_name(cuts_path)
+    tag = f"{name}-{method}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scan_info = None
+    if scan_weights is not None:
+        assert scan_cuts is not None
+
+        def with_weight(w: float) -> Decoder:
+            decoder = make_decoder(method, tokenizer, device=dev, **{**opts, "lm_weight": w, "nbest": 1})
+            if getattr(decoder, "lm_path", True) is None:  # a beam search without an LM ignores the weight
+                raise ValueError("beam search has no LM whose weight to scan: give graph_dir=<graph> or lm=<arpa>")
+            return decoder
+
+        best, table = scan_weights_on_cuts(model, scan_cuts, tokenizer, with_weight, scan_weights, dev,
+                                           max_duration)
+        md = write_scan_table(out_dir, f"{set_name(scan_cuts)}-{method}", scan_cuts, best, table)
+        opts["lm_weight"] = best
+        scan_info = {"cuts": str(scan_cuts), "best_lm_weight": best, "table": md.name}
     cuts = CutSet.from_file(cuts_path).to_eager()
-    decoder = make_decoder(method, tokenizer, device=dev, **(decoder_opts or {}))
-    refs, hyps, seconds = decode_cuts(model, cuts, tokenizer, decoder, dev, max_duration)
-    name = name or Path(cuts_path).name.split(".")[0].removeprefix("cuts_")
+    nbest = int(opts.get("nbest", 1)) > 1
+    decoder = make_decoder(method, tokenizer, device=dev, **opts)
+    try:
+        result = decode_cuts(model, cuts, tokenizer, decoder, dev, max_duration, nbest=nbest)
+    finally:
+        close = getattr(decoder, "close", None)
+        if close is not None:
+            close()
+    refs, hyps = result.refs, result.hyps
     split = {k: v.split() for k, v in refs.items()}
     stats = compute_wer(split, {k: v.split() for k, v in hyps.items()})
     conditions = {c.id: c.supervisions[0].custom.get("condition") for c in cuts
@@ -97,11 +212,11 @@ def run_decode(
     for cond in sorted(set(conditions.values())):
         ids = [i for i, c in conditions.items() if c == cond]
         per_condition[cond] = round(compute_wer({i: split[i] for i in ids}, {i: hyps[i].split() for i in ids}).wer, 2)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tag = f"{name}-{method}"
     write_recogs(out_dir / f"recogs-{tag}.txt", split, {k: v.split() for k, v in hyps.items()})
     write_errs(out_dir / f"errs-{tag}.txt", stats)
     write_wer_summary(out_dir / f"wer-summary-{tag}.txt", {method: stats.wer})
+    if nbest:
+        write_nbest(out_dir / f"nbest-{tag}.txt", result.nbest)
     audio_seconds = sum(c.duration for c in cuts)
     summary = {
         "checkpoint": str(checkpoint),
@@ -109,16 +224,19 @@ def run_decode(
         "cuts": str(cuts_path),
         "method": method,
         "device": str(dev),
-        "decoder_opts": decoder_opts or {},
+        "decoder_opts": opts,
         "wer": round(stats.wer, 2),
         "errors": stats.errors,
         "ref_words": stats.ref_words,
         "per_condition_wer": per_condition,
         "num_params": model.num_params(),
         "macs_per_second": float(macs_per_second(model, ckpt["num_features"])),
-        "rtf": seconds / max(audio_seconds, 1e-9),
+        "rtf": result.seconds / max(audio_seconds, 1e-9),
         "audio_seconds": audio_seconds,
     }
+    if scan_info is not None:
+        summary["lm_weight"] = scan_info["best_lm_weight"]
+        summary["lm_weight_scan"] = scan_info
     atomic_write_text(out_dir / "decode.yaml", yaml.safe_dump(summary, sort_keys=False))
     logging.info("%s %s: WER %.2f%% (%d/%d), RTF %.4f", name, method, stats.wer, stats.errors, stats.ref_words, summary["rtf"])
     return summary

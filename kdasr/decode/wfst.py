@@ -128,7 +128,7 @@ class WfstDecoder:
     """Viterbi beam search of CTC log-probs through ``graph_dir/TLG.fst``.
 
     Call it as ``decoder(log_probs (B,T,V), lens (B,)) -> list[str]``;
-    :meth:`nbest` gives ``nbest`` distinct hypotheses per utterance with their
+    :meth:`hypotheses` gives ``nbest`` distinct hypotheses per utterance with their
     scores (needs ``nbest > 1`` at construction, which switches to
     ``LatticeSimpleDecoder``). Log-probs may live on any device; they are
     copied to the CPU. The default beam (10 nats) and ``max_active`` (3000)
@@ -192,7 +192,7 @@ class WfstDecoder:
     def __call__(self, log_probs: "torch.Tensor", lens: "torch.Tensor") -> list[str]:
         return [hyps[0][0] for hyps in self._run(self._features(log_probs, lens))]
 
-    def nbest(self, log_probs: "torch.Tensor", lens: "torch.Tensor") -> list[NBest]:
+    def hypotheses(self, log_probs: "torch.Tensor", lens: "torch.Tensor") -> list[NBest]:
         """Up to ``nbest`` distinct ``(text, score)`` per utterance, best first.
 
         ``score = acoustic_scale * log p(frames) - lm_weight * graph cost``

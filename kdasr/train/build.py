@@ -1,12 +1,45 @@
 """Choose the objective a config asks for and run the trainer."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Optional
 
-from kdasr.train.trainer import TrainState, Trainer
+from lhotse import CutSet
+
+from kdasr.config import deep_merge
+from kdasr.data.tokenizer import Tokenizer
+from kdasr.distill.strategies import KDObjective, KDTargets, check_augmentation_compatible, multistream_cuts
+from kdasr.train.trainer import DEFAULTS, Objective, TrainState, Trainer
+from kdasr.utils.io import save_manifest
+
+
+def kd_objective(cfg: dict, exp_dir: Path) -> Optional[Objective]:
+    """The KD objective of a resolved config with a ``kd`` section (None without one).
+
+    Checks, before any training step, that augmentation keeps the teacher's
+    frames and that every archive fits the student's cuts and token set.
+    Under ``multistream`` it rewrites ``cfg['data']['train_cuts']`` to a
+    manifest in ``exp_dir`` holding one copy of each cut per teacher.
+    """
+    kd = cfg.get("kd")
+    if not kd:
+        return None
+    check_augmentation_compatible(cfg)
+    data = cfg["data"]
+    tokenizer = Tokenizer.from_dir(data["lang_dir"])
+    student_cuts = CutSet.from_file(data["train_cuts"]).to_eager()
+    targets = KDTargets(kd, student_cuts, tokenizer.hash, tokenizer.vocab_size)
+    if targets.combine == "multistream":
+        path = Path(exp_dir) / "cuts_train_multistream.jsonl.gz"
+        save_manifest(multistream_cuts(student_cuts, targets.names), path)
+        logging.info("multistream: %d cuts x %d teachers -> %s", len(student_cuts), len(targets.names), path)
+        data["train_cuts"] = str(path)
+    return KDObjective(targets)
 
 
 def train_from_config(cfg: dict, exp_dir: Path, resume: bool = True) -> TrainState:
-    """Hard-label CTC unless the config has a ``kd`` section."""
-    trainer = Trainer(cfg, exp_dir)
-    return trainer.fit(resume=resume)
+    """Hard-label CTC, or knowledge distillation when the config has a ``kd`` section."""
+    cfg = deep_merge(DEFAULTS, cfg)
+    objective = kd_objective(cfg, Path(exp_dir))
+    return Trainer(cfg, exp_dir, objective).fit(resume=resume)

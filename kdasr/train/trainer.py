@@ -14,6 +14,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 import yaml
 import torch.distributed as dist
-from lhotse import CutSet, load_manifest_lazy
+from lhotse import CutSet
 from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -30,7 +31,9 @@ from tqdm import tqdm
 from kdasr.config import deep_merge, save_config
 from kdasr.data.dataset import AsrDataset, spec_augment_from_config
 from kdasr.data.features import load_cmvn
+from kdasr.data.subsets import hold_back_transcripts
 from kdasr.data.tokenizer import Tokenizer
+from kdasr.data.validate import filter_ctc_feasible, format_report, num_problems
 from kdasr.decode.greedy import greedy_search
 from kdasr.distill.losses import ctc_loss_hard
 from kdasr.models import build_model
@@ -55,6 +58,10 @@ DEFAULTS: dict = {
         "max_duration": 120.0,
         "num_buckets": 10,
         "num_workers": 0,
+        # < 1: keep the transcripts of only this fraction of the training cuts (by cut id);
+        # the rest are dropped, or under KD taught by the soft labels alone.
+        "transcribed_fraction": 1.0,
+        "transcribed_seed": 0,
     },
     "model": {"name": "cnn"},
     "train": {
@@ -169,8 +176,9 @@ class Trainer:
                 raise ValueError(f"config needs data.{key}")
         seed_everything(tcfg["seed"])
         self.tokenizer = Tokenizer.from_dir(dcfg["lang_dir"])
-        self.train_cuts = load_manifest_lazy(dcfg["train_cuts"])
-        self.dev_cuts = CutSet.from_file(dcfg["dev_cuts"]).to_eager() if dcfg.get("dev_cuts") else None
+        # KD students may learn untranscribed cuts from soft labels alone.
+        self.train_cuts = self._trainable(dcfg["train_cuts"], "train", keep_untranscribed=bool(self.cfg.get("kd")))
+        self.dev_cuts = self._trainable(dcfg["dev_cuts"], "dev") if dcfg.get("dev_cuts") else None
         first = next(iter(self.train_cuts))
         if not first.has_features:
             raise ValueError(f"cut {first.id} in {dcfg['train_cuts']} has no features: run `kdasr prepare fbank` first")
@@ -182,6 +190,8 @@ class Trainer:
             self.model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"]
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_schedule(tcfg["warmup_steps"]))
+        # The filtered cuts are in memory already; lhotse's lazy-reading advice does not apply.
+        warnings.filterwarnings("ignore", "You are using DynamicBucketingSampler with an eagerly")
         self.sampler = DynamicBucketingSampler(
             self.train_cuts,
             max_duration=dcfg["max_duration"],
@@ -203,6 +213,24 @@ class Trainer:
         self.tb: Optional[SummaryWriter] = None
         self.resumed_mid_epoch = False
         self._last_tick = time.time()
+
+    def _trainable(self, path: str, part: str, keep_untranscribed: bool = False) -> CutSet:
+        """The cuts of ``path`` CTC can use; the dropped ones are logged and listed by id in
+        ``<exp_dir>/log/filtered_<part>.yaml`` instead of failing (or vanishing) mid-epoch."""
+        cuts = CutSet.from_file(path)
+        fraction = float(self.cfg["data"]["transcribed_fraction"])
+        if part == "train" and fraction < 1.0:
+            cuts = hold_back_transcripts(cuts, fraction, int(self.cfg["data"]["transcribed_seed"]))
+        cuts, report = filter_ctc_feasible(cuts, self.tokenizer, keep_untranscribed=keep_untranscribed)
+        if report.get("untranscribed") and self.is_main:
+            logging.info("%s: %d of %d cuts have no transcript; only the KD term teaches them",
+                         part, report["untranscribed"], report["total"])
+        if num_problems(report) and self.is_main:
+            logging.warning("%s", format_report(report, title=f"{part} cuts {path}"))
+            atomic_write_text(self.exp_dir / "log" / f"filtered_{part}.yaml", yaml.safe_dump(report, sort_keys=False))
+        if len(cuts) == 0:
+            raise ValueError(f"no usable {part} cuts left in {path} after the CTC filter (see the log)")
+        return cuts
 
     # ----------------------------------------------------------------- state
     def _tick(self) -> None:

@@ -1,0 +1,174 @@
+"""``kdasr decode`` options: LM weight scan, WFST worker processes, n-best output.
+
+Most cases replace the network's output with designed log-probs (keyed by
+cut id), so the search decides the result and the expected answer is known;
+one case runs a real (untrained) checkpoint over feature cuts end to end.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from lhotse import CutSet, MonoCut, SupervisionSegment
+from synth import make_feature_cuts
+from test_graph import LM_TEXTS, frames_for, make_char_lang, posteriors, random_peaky
+
+import kdasr.decode.run as run_module
+from kdasr.cli.main import cli
+from kdasr.data.tokenizer import Tokenizer, build_char_lang
+from kdasr.decode.graph import build_graph
+from kdasr.models import build_model
+from kdasr.train.checkpoint import save_checkpoint
+from kdasr.utils.io import save_manifest
+
+WORDS = ["ONE", "TWO", "THREE", "ON", "THE"]
+
+
+def write_checkpoint(path: Path, tok: Tokenizer, num_features: int = 20) -> Path:
+    torch.manual_seed(0)
+    model = build_model({"name": "cnn", "channels": 8, "num_layers": 1}, num_features, tok.vocab_size)
+    save_checkpoint(path, {"model": model.state_dict(), "model_cfg": model.model_cfg, "num_features": num_features,
+                           "vocab_size": tok.vocab_size, "lang_hash": tok.hash})
+    return path
+
+
+def text_cuts(path: Path, texts: dict[str, str]) -> Path:
+    """Cuts without audio (the network is replaced): only ids, durations and transcripts."""
+    cuts = [MonoCut(id=cid, start=0, duration=1.0, channel=0,
+                    supervisions=[SupervisionSegment(id=cid, recording_id=cid, start=0, duration=1.0, text=text)])
+            for cid, text in texts.items()]
+    save_manifest(CutSet.from_cuts(cuts), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("decode_cli")
+    tok = make_char_lang(root / "lang")
+    return {"root": root, "tok": tok, "lang": root / "lang", "ckpt": write_checkpoint(root / "model.pt", tok),
+            "graph": build_graph(root / "lang", LM_TEXTS, order=3)}
+
+
+@pytest.fixture
+def network_output(monkeypatch) -> dict[str, torch.Tensor]:
+    """Fill the returned dict with cut id -> log-probs ``(T, V)``; decoding then uses those, 3 cuts a batch."""
+    table: dict[str, torch.Tensor] = {}
+
+    def fake(model, cuts: CutSet, tokenizer, device, max_duration) -> Iterator[tuple[dict, torch.Tensor, torch.Tensor]]:
+        cuts = list(cuts)
+        for i in range(0, len(cuts), 3):
+            chunk = cuts[i:i + 3]
+            items = [table[c.id] for c in chunk]
+            lens = torch.tensor([x.shape[0] for x in items])
+            lp = torch.full((len(items), int(lens.max()), items[0].shape[1]), -1e4)
+            for b, x in enumerate(items):
+                lp[b, : x.shape[0]] = x
+            yield {"cut_ids": [c.id for c in chunk], "texts": [c.supervisions[0].text for c in chunk]}, lp, lens
+
+    monkeypatch.setattr(run_module, "iter_log_probs", fake)
+    return table
+
+
+def ambiguous(tok: Tokenizer, p_e: float, second: str) -> torch.Tensor:
+    """'ON' or 'ONE' (the E frame has probability ``p_e``), then ``second``: the LM decides."""
+    t = tok.token_to_id
+    frames = [0, t["O"], 0, t["N"], {t["E"]: p_e, 0: 1.0 - p_e}, 0, t["▁"]] + frames_for(tok, second)
+    return posteriors(frames, tok.vocab_size)
+
+
+def decode(setup: dict, out: Path, cuts: Path, *args: str) -> dict:
+    res = CliRunner().invoke(cli, ["decode", "--checkpoint", str(setup["ckpt"]), "--cuts", str(cuts),
+                                   "--lang-dir", str(setup["lang"]), "--out-dir", str(out), "--device", "cpu", *args])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    return yaml.safe_load((out / "decode.yaml").read_text())
+
+
+@pytest.mark.parametrize("method", ["wfst", "beam"])
+def test_scan_picks_the_weight_of_lowest_dev_wer(setup, network_output, tmp_path, method) -> None:
+    tok = setup["tok"]
+    # At a tiny LM weight the acoustics win ('ON TWO', 'ONE THE'); at 1 the LM gives the references.
+    texts = {"dev-1": "ONE TWO", "dev-2": "ON THE", "test-1": "ON THE", "test-2": "ONE TWO"}
+    acoustic = {"dev-1": (0.4, "TWO"), "dev-2": (0.6, "THE"), "test-1": (0.6, "THE"), "test-2": (0.4, "TWO")}
+    network_output.update({cid: ambiguous(tok, *acoustic[cid]) for cid in texts})
+    dev = text_cuts(tmp_path / "cuts_dev.jsonl.gz", {k: v for k, v in texts.items() if k.startswith("dev")})
+    test = text_cuts(tmp_path / "cuts_test.jsonl.gz", {k: v for k, v in texts.items() if k.startswith("test")})
+    out = tmp_path / "out"
+    summary = decode(setup, out, test, "--method", method, "--opt", f"graph_dir={setup['graph']}",
+                     "--scan-lm-weights", "0.01,1,0.02", "--scan-cuts", str(dev))
+    scan = yaml.safe_load((out / f"lm-weight-scan-dev-{method}.yaml").read_text())
+    assert [row["lm_weight"] for row in scan["table"]] == [0.01, 1.0, 0.02]
+    assert [row["wer"] for row in scan["table"]] == [50.0, 0.0, 50.0]
+    assert scan["best_lm_weight"] == summary["lm_weight"] == summary["decoder_opts"]["lm_weight"] == 1.0
+    assert summary["lm_weight_scan"]["table"] == f"lm-weight-scan-dev-{method}.md"
+    assert "| 1 **best** | 0.00 |" in (out / summary["lm_weight_scan"]["table"]).read_text()
+    assert summary["wer"] == 0.0
+
+
+def test_parallel_wfst_equals_serial_and_nbest_file(setup, network_output, tmp_path) -> None:
+    tok = setup["tok"]
+    gen = torch.Generator().manual_seed(5)
+    texts = {}
+    for i, n in enumerate((3, 1, 4, 2, 5, 2, 3)):
+        network_output[f"utt-{i}"] = random_peaky(tok, WORDS, n, gen, margin=1.0)  # noisy: the LM matters
+        texts[f"utt-{i}"] = "ONE TWO"
+    cuts = text_cuts(tmp_path / "cuts_test.jsonl.gz", texts)
+    graph = ["--method", "wfst", "--opt", f"graph_dir={setup['graph']}"]
+    decode(setup, tmp_path / "serial", cuts, *graph)
+    parallel = decode(setup, tmp_path / "parallel", cuts, *graph, "--num-jobs", "2")
+    assert parallel["decoder_opts"]["num_jobs"] == 2
+    serial_recogs = (tmp_path / "serial" / "recogs-test-wfst.txt").read_text()
+    assert (tmp_path / "parallel" / "recogs-test-wfst.txt").read_text() == serial_recogs
+    assert len({line for line in serial_recogs.splitlines() if "hyp=" in line}) > 2  # not all the same output
+
+    decode(setup, tmp_path / "nbest", cuts, *graph, "--num-jobs", "2", "--opt", "nbest=3")
+    rows = [line.split("\t") for line in (tmp_path / "nbest" / "nbest-test-wfst.txt").read_text().splitlines()]
+    assert {r[0] for r in rows} == set(texts) and max(int(r[1]) for r in rows) > 1
+    top = {r[0]: r[3] for r in rows if r[1] == "1"}
+    assert (tmp_path / "nbest" / "recogs-test-wfst.txt").read_text() == serial_recogs
+    for cid, text in top.items():
+        assert f"{cid}:\thyp={text.split()}" in serial_recogs
+
+
+def test_option_errors(setup, network_output, tmp_path) -> None:
+    tok = setup["tok"]
+    network_output["dev-1"] = ambiguous(tok, 0.4, "TWO")
+    dev = text_cuts(tmp_path / "cuts_dev.jsonl.gz", {"dev-1": "ONE TWO"})
+    base = ["decode", "--checkpoint", str(setup["ckpt"]), "--cuts", str(dev), "--lang-dir", str(setup["lang"]),
+            "--out-dir", str(tmp_path / "out"), "--device", "cpu"]
+    cases = [
+        (["--num-jobs", "2"], "only the wfst method"),
+        (["--scan-lm-weights", "0.5,1"], "needs both the weights and the dev cuts"),
+        (["--scan-lm-weights", "0.5,x", "--scan-cuts", str(dev)], "not a comma-separated list"),
+        (["--scan-lm-weights", "1", "--scan-cuts", str(dev)], "'greedy' has no LM weight"),
+        (["--method", "beam", "--scan-lm-weights", "1", "--scan-cuts", str(dev)], "no LM whose weight"),
+        (["--method", "wfst", "--opt", f"graph_dir={setup['graph']}", "--opt", "lm_weight=1",
+          "--scan-lm-weights", "1", "--scan-cuts", str(dev)], "not both"),
+    ]
+    for args, message in cases:
+        res = CliRunner().invoke(cli, base + args)
+        assert res.exit_code != 0 and message in res.output, (args, res.output)
+
+
+def test_real_checkpoint_end_to_end(tmp_path) -> None:
+    """Features through an (untrained) network, a beam+LM weight scan on dev, parallel WFST on test."""
+    cuts = make_feature_cuts(tmp_path / "feats", num_cuts=6)
+    dev, test = tmp_path / "cuts_dev.jsonl.gz", tmp_path / "cuts_test.jsonl.gz"
+    save_manifest(cuts.subset(first=3), dev)
+    save_manifest(cuts, test)
+    texts = [c.supervisions[0].text for c in cuts]
+    tok = build_char_lang(texts, tmp_path / "lang")
+    setup = {"ckpt": write_checkpoint(tmp_path / "model.pt", tok), "lang": tmp_path / "lang"}
+    graph = build_graph(tmp_path / "lang", texts, order=2)
+    summary = decode(setup, tmp_path / "beam", test, "--method", "beam", "--opt", f"graph_dir={graph}",
+                     "--scan-lm-weights", "0.5,2", "--scan-cuts", str(dev))
+    assert summary["lm_weight"] in (0.5, 2.0) and summary["ref_words"] > 0
+    serial = decode(setup, tmp_path / "serial", test, "--method", "wfst", "--opt", f"graph_dir={graph}")
+    parallel = decode(setup, tmp_path / "parallel", test, "--method", "wfst", "--opt", f"graph_dir={graph}",
+                      "--num-jobs", "2")
+    assert parallel["wer"] == serial["wer"]
+    assert ((tmp_path / "parallel" / "recogs-test-wfst.txt").read_text()
+            == (tmp_path / "serial" / "recogs-test-wfst.txt").read_text())
