@@ -19,6 +19,16 @@ corpus_dir=              # source data (not used by demo)
 demo_size=default        # demo corpus size: tiny | small | default
 demo_seed=0
 lhotse_recipe=           # with --corpus lhotse, e.g. librispeech
+lhotse_opts=             # with --corpus lhotse: KEY=VALUE options of lhotse's prepare_<recipe>, e.g. "num_jobs=4"
+kaldi_wav_root=          # with --corpus kaldi: where relative wav.scp paths start (default: the parent of --corpus-dir)
+sampling_rate=           # kaldi | tsv | lhotse: required rate of the source audio (default: any)
+skip_bad=false           # import: leave out bad utterances (listed in data/manifests/import_<part>.skipped.txt)
+dev_speakers=0           # aurora4: training speakers held out as part dev (Aurora-4 has no dev list)
+dev_seed=0               # aurora4: seed of the choice of dev speakers
+transcript_dir=          # aurora4: where the WSJ0 .dot/.lsn transcripts are, if not under --corpus-dir
+normalize_text=none      # aurora4: none | wsj (drop WSJ markup such as [noise] and <word>, as Kaldi does)
+nb_source=simulate       # 8 kHz view: simulate (telephone channel on the wb audio) | corpus (aurora4's own 8 kHz copy)
+mu_law=false             # nb_source=simulate: add G.711 mu-law companding
 train_part=train
 dev_part=dev
 test_parts=test
@@ -28,7 +38,13 @@ bpe_vocab=100
 lexicon=                 # phone lexicon (default for the demo: data/lexicon.txt)
 experiments=conf/experiments.txt
 seeds=1                  # students are trained once per seed (name_seedN)
-decode_methods=greedy
+decode_methods="greedy beam wfst"   # greedy | beam (flashlight) | wfst (TLG with an n-gram LM)
+lm_order=3               # word n-gram of the WFST graph, trained on the training transcripts
+kd_temperature=2         # temperature of the teachers' soft labels
+train_jobs=1             # experiments trained at once (each gets nproc/train_jobs threads)
+train_overrides=         # key=value words added to every experiment, e.g. "train.epochs=2"
+train_launcher=          # prefix of `kdasr train`, e.g. "torchrun --standalone --nproc-per-node 4 --no-python"
+                         # (multi-GPU DDP) or "tools/slurm_torchrun.sh --nodes 2 --gpu 4 exp/log/train.log"
 nj=2
 cmd=../../tools/run.sh
 data=data
@@ -46,6 +62,22 @@ log() {
 lang_dir=$data/lang_${token_kind}
 all_parts="$train_part $dev_part $test_parts"
 parts_csv=$(echo $all_parts | tr ' ' ',')
+
+# logged [JOB=1:N] LOG COMMAND...: run through $cmd (tools/run.sh or tools/slurm.sh) with a log
+# per job; when a job fails, the end of its log is printed too.
+logged() {
+  local range="" var n i f
+  if [[ $1 =~ ^[A-Z_]+=[0-9]+:[0-9]+$ ]]; then range=$1; shift; fi
+  # shellcheck disable=SC2086
+  if ! $cmd $range "$@"; then
+    var=${range%%=*} n=${range##*:}
+    for i in $(seq 1 ${n:-1}); do
+      f=$1; [ -n "$range" ] && f=${1//$var/$i}
+      grep -q '^# Ended (code 0)' "$f" 2>/dev/null || { echo "--- end of $f:"; tail -n 20 "$f"; } >&2
+    done
+    exit 1
+  fi
+}
 
 # Lines of the experiments file without comments/blank lines.
 read_experiments() { grep -v '^\s*#' "$experiments" | grep -v '^\s*$'; }
@@ -65,7 +97,7 @@ train_one() {
   if [ -f "$dir/.done" ]; then log "skip $name (done)"; return; fi
   log "train $name ($view, seed $seed)"
   # shellcheck disable=SC2046
-  kdasr train $(config_args "$@") --exp-dir "$dir" \
+  $train_launcher kdasr train $(config_args "$@" $train_overrides) --exp-dir "$dir" \
     --set data.train_cuts=$data/fbank/cuts_${train_part}_${view}.jsonl.gz \
     --set data.dev_cuts=$data/fbank/cuts_${dev_part}_${view}.jsonl.gz \
     --set data.cmvn=$data/fbank/cmvn_${view}.json \
@@ -90,18 +122,49 @@ expand_experiments() {
 }
 
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
-  log "Stage 0: corpus → lhotse manifests ($corpus)"
+  log "Stage 0: corpus → lhotse manifests ($corpus), logs in $data/log/"
   if [ ! -f $data/manifests/.import.done ]; then
+    mkdir -p $data/manifests $data/log
+    import_opts=""
+    [ "$skip_bad" = true ] && import_opts="--skip-bad"
+    if [ $corpus != demo ] && [ ! -d "$corpus_dir" ]; then
+      echo "$0: --corpus $corpus needs --corpus-dir, the corpus on disk ('$corpus_dir' is no directory)" >&2
+      exit 1
+    fi
     case $corpus in
-      demo) kdasr prepare demo --out-dir $data --size $demo_size --seed $demo_seed --num-jobs $nj ;;
-      kaldi) for p in $all_parts; do
-               kdasr prepare import kaldi $corpus_dir/$p --part $p --out-dir $data/manifests; done ;;
-      tsv) for p in $all_parts; do
-             kdasr prepare import tsv $corpus_dir/$p.tsv --part $p --out-dir $data/manifests; done ;;
-      lhotse) kdasr prepare import lhotse --recipe $lhotse_recipe --corpus-dir $corpus_dir \
-                --parts $parts_csv --out-dir $data/manifests ;;
-      aurora4) kdasr prepare import aurora4 --corpus-dir $corpus_dir --sampling-rate 16000 \
-                 --out-dir $data/manifests ;;
+      demo) logged $data/log/prepare_demo.log \
+              kdasr prepare demo --out-dir $data --size $demo_size --seed $demo_seed --num-jobs $nj ;;
+      kaldi|tsv)
+        # One job per part: job i imports the i-th of the parts from <corpus_dir>/<part>[.tsv].
+        [ -n "$sampling_rate" ] && import_opts="$import_opts --sampling-rate $sampling_rate"
+        src=$(cd "$corpus_dir" && pwd)
+        out=$(cd $data/manifests && pwd)
+        wav_root=${kaldi_wav_root:-$(dirname "$src")}
+        ext=""; [ $corpus = tsv ] && ext=.tsv
+        n=0
+        for p in $all_parts; do
+          n=$((n + 1))
+          if [ ! -e "$src/$p$ext" ]; then
+            echo "$0: part $p: $src/$p$ext does not exist (name yours with --train-part, --dev-part, --test-parts)" >&2
+            exit 1
+          fi
+          log "  job $n: $src/$p$ext → part $p"
+        done
+        job="parts=(- $all_parts); cd $(printf %q "$wav_root") && kdasr prepare import $corpus"
+        job+=" $(printf %q "$src")/\${parts[JOB]}$ext --part \${parts[JOB]} --out-dir $(printf %q "$out") $import_opts"
+        logged JOB=1:$n $data/log/import_$corpus.JOB.log bash -c "$job" ;;
+      lhotse)
+        [ -n "$sampling_rate" ] && import_opts="$import_opts --sampling-rate $sampling_rate"
+        for kv in $lhotse_opts; do import_opts="$import_opts --recipe-opt $kv"; done
+        # shellcheck disable=SC2086
+        logged $data/log/import_lhotse.log kdasr prepare import lhotse --recipe $lhotse_recipe \
+          --corpus-dir $corpus_dir --parts $parts_csv --out-dir $data/manifests $import_opts ;;
+      aurora4)
+        # shellcheck disable=SC2086
+        logged $data/log/import_aurora4.log kdasr prepare import aurora4 --corpus-dir $corpus_dir \
+          --sampling-rate 16000 --parts $parts_csv --dev-speakers $dev_speakers --seed $dev_seed \
+          --normalize-text $normalize_text ${transcript_dir:+--transcript-dir $transcript_dir} \
+          --out-dir $data/manifests $import_opts ;;
       *) echo "$0: unknown --corpus $corpus" >&2; exit 1 ;;
     esac
     touch $data/manifests/.import.done
@@ -109,20 +172,40 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
 fi
 
 if [ $stage -le 1 ] && [ $stop_stage -ge 1 ] && [[ " $views " == *" nb "* ]]; then
-  log "Stage 1: narrowband (telephone) view, same cut ids"
+  log "Stage 1: narrowband (8 kHz) view, same cut ids ($nb_source)"
   if [ ! -f $data/narrowband/.done ]; then
-    kdasr prepare narrowband --manifest-dir $data/manifests --parts $parts_csv \
-      --out-dir $data/narrowband --num-jobs $nj
+    mkdir -p $data/narrowband $data/log
+    case $nb_source in
+      simulate)
+        log "  telephone channel on the wb audio, log: $data/log/narrowband.log"
+        opts=""; [ "$mu_law" = true ] && opts="--mu-law"
+        # shellcheck disable=SC2086
+        logged $data/log/narrowband.log kdasr prepare narrowband --manifest-dir $data/manifests \
+          --parts $parts_csv --out-dir $data/narrowband --num-jobs $nj $opts ;;
+      corpus)
+        # The corpus's own 8 kHz recordings, imported with the same cut ids (and dev speakers).
+        if [ $corpus != aurora4 ]; then
+          echo "$0: --nb-source corpus needs a corpus with its own 8 kHz copy (aurora4), not $corpus" >&2; exit 1
+        fi
+        log "  Aurora-4's own 8 kHz copy, log: $data/log/import_aurora4_8k.log"
+        opts=""; [ "$skip_bad" = true ] && opts="--skip-bad"
+        # shellcheck disable=SC2086
+        logged $data/log/import_aurora4_8k.log kdasr prepare import aurora4 --corpus-dir $corpus_dir \
+          --sampling-rate 8000 --parts $parts_csv --dev-speakers $dev_speakers --seed $dev_seed \
+          --normalize-text $normalize_text ${transcript_dir:+--transcript-dir $transcript_dir} \
+          --out-dir $data/manifests_8k $opts
+        for p in $all_parts; do cp $data/manifests_8k/cuts_$p.jsonl.gz $data/manifests/cuts_${p}_nb.jsonl.gz; done ;;
+      *) echo "$0: unknown --nb-source $nb_source (simulate or corpus)" >&2; exit 1 ;;
+    esac
     touch $data/narrowband/.done
   fi
 fi
 
 if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
-  log "Stage 2: fbank features and global CMVN"
-  for view in $views; do
-    kdasr prepare fbank --manifest-dir $data/manifests --parts $parts_csv --view $view \
-      --out-dir $data/fbank --num-jobs $nj --cmvn-part $train_part
-  done
+  log "Stage 2: fbank features ($views) and global CMVN of $train_part, log: $data/log/fbank.log"
+  mkdir -p $data/log
+  logged $data/log/fbank.log kdasr prepare fbank --manifest-dir $data/manifests --parts $parts_csv \
+    --view "$(echo $views | tr ' ' ',')" --out-dir $data/fbank --num-jobs $nj --cmvn-part $train_part
 fi
 
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
@@ -131,28 +214,68 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
     extra=""
     [ $token_kind = bpe ] && extra="--vocab-size $bpe_vocab"
     [ $token_kind = phone ] && extra="--lexicon ${lexicon:-$data/lexicon.txt}"
+    mkdir -p $data/log
     # shellcheck disable=SC2086
-    kdasr prepare tokens --kind $token_kind --cuts $data/manifests/cuts_${train_part}.jsonl.gz \
-      --lang-dir $lang_dir $extra
+    logged $data/log/tokens.log kdasr prepare tokens --kind $token_kind \
+      --cuts $data/manifests/cuts_${train_part}.jsonl.gz --lang-dir $lang_dir $extra
   fi
 fi
 
+# train_role ROLE: every experiment of ROLE, $train_jobs at a time.
+train_role() {
+  local want=$1 name role view seed rest running=0 failed=0
+  local threads=$(( $(nproc) / train_jobs )); (( threads < 1 )) && threads=1
+  while read -r name role view seed rest; do
+    [ "$role" = "$want" ] || continue
+    if [ -f "$exp/$name/.done" ]; then log "skip $name (done)"; continue; fi
+    if (( train_jobs > 1 )); then
+      log "train $name in the background, log: $exp/log/train_$name.log"
+      # shellcheck disable=SC2086
+      OMP_NUM_THREADS=$threads train_one $name $role $view $seed $rest \
+        > $exp/log/train_$name.log 2>&1 &
+      running=$((running + 1))
+      if (( running >= train_jobs )); then wait -n || failed=1; running=$((running - 1)); fi
+    else
+      # shellcheck disable=SC2086
+      train_one $name $role $view $seed $rest
+    fi
+  done < <(expand_experiments)
+  while (( running > 0 )); do wait -n || failed=1; running=$((running - 1)); done
+  (( failed == 0 )) || { log "some $want training failed; see $exp/log/train_*.log"; exit 1; }
+}
+mkdir -p $exp/log
+
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   log "Stage 4: teachers"
+  train_role teacher
+fi
+
+if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
+  log "Stage 5: teachers' soft labels on $train_part (T=$kd_temperature), keyed by cut id"
   while read -r name role view seed rest; do
     [ "$role" = teacher ] || continue
-    # shellcheck disable=SC2086
-    train_one $name $role $view $seed $rest
+    out=$exp/$name/softlabels
+    [ -f $out/cuts.jsonl.gz ] && { log "skip $name soft labels (done)"; continue; }
+    logged JOB=1:$nj $exp/$name/log/softlabels.JOB.log \
+      kdasr soft-labels --checkpoint $exp/$name/best.pt \
+        --cuts $data/fbank/cuts_${train_part}_${view}.jsonl.gz --out-dir $out \
+        --temperature $kd_temperature --view $view --job JOB --num-jobs $nj
+    kdasr archive merge $out
+    kdasr archive info $out
   done < <(expand_experiments)
 fi
 
 if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   log "Stage 6: students"
-  while read -r name role view seed rest; do
-    [ "$role" = student ] || continue
-    # shellcheck disable=SC2086
-    train_one $name $role $view $seed $rest
-  done < <(expand_experiments)
+  train_role student
+fi
+
+graph_dir_file=$lang_dir/graph_dir.txt
+if [ $stage -le 7 ] && [ $stop_stage -ge 7 ] && [[ " $decode_methods " == *" wfst "* ]]; then
+  log "Stage 7: TLG graph with a ${lm_order}-gram word LM on the $train_part transcripts"
+  kdasr graph --lang-dir $lang_dir --lm-text $data/manifests/cuts_${train_part}.jsonl.gz \
+    --order $lm_order | tail -n 1 > $graph_dir_file.tmp
+  mv $graph_dir_file.tmp $graph_dir_file
 fi
 
 if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
@@ -162,8 +285,11 @@ if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
       for method in $decode_methods; do
         out=$exp/$name/decode_${part}_${view}_${method}
         [ -f $out/decode.yaml ] && continue
+        opts=""
+        [ $method = wfst ] && opts="--opt graph_dir=$(cat $graph_dir_file)"
+        # shellcheck disable=SC2086
         kdasr decode --checkpoint $exp/$name/best.pt --lang-dir $lang_dir --method $method \
-          --cuts $data/fbank/cuts_${part}_${view}.jsonl.gz --out-dir $out
+          --cuts $data/fbank/cuts_${part}_${view}.jsonl.gz --out-dir $out $opts
       done
     done
   done < <(expand_experiments)

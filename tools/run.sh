@@ -37,67 +37,26 @@
 #   $cmd JOB=1:$nj exp/log/stage.JOB.log kdasr <stage> ... --job JOB --num-jobs $nj
 set -uo pipefail
 
-prog=$(basename "$0")
-
-usage() {
-  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
-}
-
-die() {
-  echo "$prog: $*" >&2
-  exit 1
-}
+# shellcheck source-path=SCRIPTDIR source=lib/jobs.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib/jobs.sh" || exit 1
 
 max_jobs=$(nproc 2>/dev/null || echo 1)
 num_threads=1
-while (( $# > 0 )); do
+# --gpu, --mem, --time, --partition, --extra: accepted and ignored.
+# shellcheck disable=SC2317  # invoked by parse_options
+on_option() {
   case $1 in
-    --?*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;
-    -h|--help) usage; exit 0 ;;
-    --) shift; break ;;
-    --max-jobs-run|--num-threads|--gpu|--mem|--time|--partition|--extra)
-      (( $# >= 2 )) || die "option $1 needs a value"
-      case $1 in
-        --max-jobs-run) max_jobs=$2 ;;
-        --num-threads) num_threads=$2 ;;
-      esac
-      shift 2 ;;
-    --*) die "unknown option $1 (valid: --max-jobs-run --num-threads --gpu --mem --time --partition --extra; see --help)" ;;
-    *) break ;;
+    --max-jobs-run) max_jobs=$2 ;;
+    --num-threads) num_threads=$2 ;;
   esac
-done
+}
+parse_options "$job_options" "" "valid: $job_options; see --help" "$@"
+set -- "${args[@]}"
 [[ $max_jobs =~ ^[1-9][0-9]*$ ]] || die "--max-jobs-run must be a positive integer, got '$max_jobs'"
 [[ $num_threads =~ ^[1-9][0-9]*$ ]] || die "--num-threads must be a positive integer, got '$num_threads'"
 
-var=""
-first=1
-last=1
-if [[ ${1:-} =~ ^([A-Z_][A-Z0-9_]*)=([0-9]+)(:([0-9]+))?$ ]]; then
-  var=${BASH_REMATCH[1]}
-  first=${BASH_REMATCH[2]}
-  last=${BASH_REMATCH[4]:-$first}
-  (( 10#$first <= 10#$last )) || die "empty job range $1"
-  first=$((10#$first))
-  last=$((10#$last))
-  shift
-fi
-(( $# >= 2 )) || { usage >&2; exit 1; }
-log_template=$1
-shift
-if [[ -n $var && $log_template != *"$var"* ]]; then
-  die "the log name '$log_template' must contain $var, the array index"
-fi
-
-# One command line for bash: arguments without whitespace go in as they are.
-cmd_template=""
-for arg in "$@"; do
-  if [[ -n $arg && $arg != *[[:space:]]* ]]; then
-    cmd_template+="$arg "
-  else
-    cmd_template+="'${arg//\'/\'\\\'\'}' "
-  fi
-done
-cmd_template=${cmd_template% }
+# Sets var, first, last, log_template and cmd_template (see lib/jobs.sh).
+parse_job_args "$@"
 
 # Runs one copy in its own session (so that a signal reaches all its
 # processes), writing the log header and footer around its output. A TERM
@@ -121,14 +80,6 @@ echo "# Accounting: time=$elapsed threads=$threads"
 echo "# Ended (code $rc) at $(date), elapsed time $elapsed seconds"
 exit $rc
 '
-
-job_log() {
-  if [[ -n $var ]]; then echo "${log_template//"$var"/$1}"; else echo "$log_template"; fi
-}
-
-job_cmd() {
-  if [[ -n $var ]]; then echo "${cmd_template//"$var"/$1}"; else echo "$cmd_template"; fi
-}
 
 # SIGTERM to every running copy's process group, again each second (a copy
 # may have been starting its command), SIGKILL after 10 s.
@@ -165,7 +116,7 @@ wait
 failed=0
 for (( j = first; j <= last; j++ )); do
   log=$(job_log "$j")
-  code=$(sed -n 's/^# Ended (code \([0-9]*\)).*/\1/p' "$log" 2>/dev/null | tail -n 1)
+  code=$(footer_code "$log")
   if [[ $code != 0 ]]; then
     failed=$((failed + 1))
     name="job $j"

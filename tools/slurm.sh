@@ -42,83 +42,39 @@
 #   $cmd JOB=1:$nj exp/log/stage.JOB.log kdasr <stage> ... --job JOB --num-jobs $nj
 set -uo pipefail
 
-prog=$(basename "$0")
+# shellcheck source-path=SCRIPTDIR source=lib/jobs.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib/jobs.sh" || exit 1
+
 log_wait=30
-
-usage() {
-  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
-}
-
-die() {
-  echo "$prog: $*" >&2
-  exit 1
-}
 
 max_jobs=""
 num_threads=1
 sbatch_args=()
-while (( $# > 0 )); do
+# shellcheck disable=SC2317  # invoked by parse_options
+on_option() {
   case $1 in
-    --?*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;
-    -h|--help) usage; exit 0 ;;
-    --) shift; break ;;
-    --max-jobs-run|--num-threads|--gpu|--mem|--time|--partition|--extra)
-      (( $# >= 2 )) || die "option $1 needs a value"
-      case $1 in
-        --max-jobs-run)
-          [[ $2 =~ ^[1-9][0-9]*$ ]] || die "--max-jobs-run must be a positive integer, got '$2'"
-          max_jobs=$2 ;;
-        --num-threads)
-          [[ $2 =~ ^[1-9][0-9]*$ ]] || die "--num-threads must be a positive integer, got '$2'"
-          num_threads=$2
-          sbatch_args+=("--cpus-per-task=$2") ;;
-        --gpu)
-          [[ $2 =~ ^[0-9]+$ ]] || die "--gpu must be a number of GPUs, got '$2'"
-          (( $2 > 0 )) && sbatch_args+=("--gres=gpu:$2") ;;
-        --mem) sbatch_args+=("--mem=$2") ;;
-        --time) sbatch_args+=("--time=$2") ;;
-        --partition) sbatch_args+=("--partition=$2") ;;
-        --extra) read -ra words <<< "$2"; sbatch_args+=("${words[@]}") ;;
-      esac
-      shift 2 ;;
-    --*) die "unknown option $1 (valid: --max-jobs-run --num-threads --gpu --mem --time --partition --extra; see --help)" ;;
-    *) break ;;
+    --max-jobs-run)
+      [[ $2 =~ ^[1-9][0-9]*$ ]] || die "--max-jobs-run must be a positive integer, got '$2'"
+      max_jobs=$2 ;;
+    --num-threads)
+      [[ $2 =~ ^[1-9][0-9]*$ ]] || die "--num-threads must be a positive integer, got '$2'"
+      num_threads=$2
+      sbatch_args+=("--cpus-per-task=$2") ;;
+    --gpu)
+      [[ $2 =~ ^[0-9]+$ ]] || die "--gpu must be a number of GPUs, got '$2'"
+      (( $2 > 0 )) && sbatch_args+=("--gres=gpu:$2") ;;
+    --mem) sbatch_args+=("--mem=$2") ;;
+    --time) sbatch_args+=("--time=$2") ;;
+    --partition) sbatch_args+=("--partition=$2") ;;
+    --extra) read -ra words <<< "$2"; sbatch_args+=("${words[@]}") ;;
   esac
-done
-
-var=""
-first=1
-last=1
-if [[ ${1:-} =~ ^([A-Z_][A-Z0-9_]*)=([0-9]+)(:([0-9]+))?$ ]]; then
-  var=${BASH_REMATCH[1]}
-  first=${BASH_REMATCH[2]}
-  last=${BASH_REMATCH[4]:-$first}
-  (( 10#$first <= 10#$last )) || die "empty job range $1"
-  first=$((10#$first))
-  last=$((10#$last))
-  shift
-fi
-(( $# >= 2 )) || { usage >&2; exit 1; }
-log_template=$1
-shift
-if [[ -n $var && $log_template != *"$var"* ]]; then
-  die "the log name '$log_template' must contain $var, the array index"
-fi
-command -v sbatch > /dev/null || die "sbatch not found: Slurm's client commands are not installed here (tools/run.sh runs jobs locally)"
-
-cmd_template=""
-for arg in "$@"; do
-  if [[ -n $arg && $arg != *[[:space:]]* ]]; then
-    cmd_template+="$arg "
-  else
-    cmd_template+="'${arg//\'/\'\\\'\'}' "
-  fi
-done
-cmd_template=${cmd_template% }
-
-job_log() {
-  if [[ -n $var ]]; then echo "${log_template//"$var"/$1}"; else echo "$log_template"; fi
 }
+parse_options "$job_options" "" "valid: $job_options; see --help" "$@"
+set -- "${args[@]}"
+
+# Sets var, first, last, log_template and cmd_template (see lib/jobs.sh).
+parse_job_args "$@"
+command -v sbatch > /dev/null || die "sbatch not found: Slurm's client commands are not installed here (tools/run.sh runs jobs locally)"
 
 # Where the batch script and Slurm's own output go: <log dir>/q/<name>.*
 log_dir=$(dirname "$log_template")
@@ -232,10 +188,6 @@ if (( ${#state[@]} == 0 )); then
     fi
   done < <(scontrol -o show job "$job_id" 2>/dev/null)
 fi
-
-footer_code() {
-  sed -n 's/^# Ended (code \([0-9]*\)).*/\1/p' "$1" 2>/dev/null | tail -n 1
-}
 
 failed=0
 for (( j = first; j <= last; j++ )); do

@@ -41,17 +41,10 @@
 #     exp/vgg/log/train.log kdasr train conf/train.yaml conf/model_vgg.yaml --exp-dir exp/vgg
 set -uo pipefail
 
-prog=$(basename "$0")
+# shellcheck source-path=SCRIPTDIR source=lib/jobs.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib/jobs.sh" || exit 1
+
 self=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
-
-usage() {
-  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
-}
-
-die() {
-  echo "$prog: $*" >&2
-  exit 1
-}
 
 nodes=1
 gpu=1
@@ -59,33 +52,27 @@ nproc=""
 port=""
 in_allocation=false
 slurm_args=()
-while (( $# > 0 )); do
+# shellcheck disable=SC2317  # invoked by parse_options
+on_option() {
   case $1 in
-    --?*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;
-    -h|--help) usage; exit 0 ;;
-    --) shift; break ;;
-    --in-allocation) in_allocation=true; shift; continue ;;
-    --nodes|--gpu|--nproc-per-node|--port|--num-threads|--mem|--time|--partition|--extra)
-      (( $# >= 2 )) || die "option $1 needs a value"
-      case $1 in
-        --nodes) nodes=$2 ;;
-        --gpu) gpu=$2 ;;
-        --nproc-per-node) nproc=$2 ;;
-        --port) port=$2 ;;
-        *) slurm_args+=("$1" "$2") ;;
-      esac
-      shift 2 ;;
-    --*) die "unknown option $1 (see --help)" ;;
-    *) break ;;
+    --in-allocation) in_allocation=true ;;
+    --nodes) nodes=$2 ;;
+    --gpu) gpu=$2 ;;
+    --nproc-per-node) nproc=$2 ;;
+    --port) port=$2 ;;
+    *) slurm_args+=("$1" "$2") ;;
   esac
-done
+}
+parse_options "--nodes --gpu --nproc-per-node --port --num-threads --mem --time --partition --extra" \
+  "--in-allocation" "see --help" "$@"
+set -- "${args[@]}"
 [[ $nodes =~ ^[1-9][0-9]*$ ]] || die "--nodes must be a positive integer, got '$nodes'"
 [[ $gpu =~ ^[0-9]+$ ]] || die "--gpu must be a number of GPUs, got '$gpu'"
 [[ -z $nproc || $nproc =~ ^[1-9][0-9]*$ ]] || die "--nproc-per-node must be a positive integer, got '$nproc'"
 [[ -z $port || $port =~ ^[1-9][0-9]*$ ]] || die "--port must be a port number, got '$port'"
 
 if [[ $in_allocation == false ]]; then
-  (( $# >= 2 )) || { usage >&2; exit 1; }
+  (( $# >= 2 )) || usage_error
   log=$1
   shift
   (( gpu > 0 )) || [[ -n $nproc ]] || nproc=1
@@ -95,7 +82,7 @@ if [[ $in_allocation == false ]]; then
     --extra "--nodes=$nodes --ntasks-per-node=1" "$log" "${launch[@]}" -- "$@"
 fi
 
-(( $# >= 1 )) || { usage >&2; exit 1; }
+(( $# >= 1 )) || usage_error
 [[ -n ${SLURM_JOB_ID:-} && -n ${SLURM_JOB_NODELIST:-} ]] \
   || die "--in-allocation runs inside a Slurm allocation (no SLURM_JOB_ID here)"
 nnodes=${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}

@@ -9,4 +9,5 @@
 # Options: see recipes/kd_asr.sh. Results: exp/RESULTS.md, exp/wer_vs_params.png.
 set -euo pipefail
 cd "$(dirname "$0")"
-exec ../../recipes/kd_asr.sh --corpus demo --experiments conf/experiments.txt "$@"
+exec ../../recipes/kd_asr.sh --corpus demo --experiments conf/experiments.txt \
+  --token-kind bpe --bpe-vocab 100 --train-jobs 2 "$@"

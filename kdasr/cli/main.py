@@ -16,11 +16,14 @@ COMMANDS = [
     ("kdasr.cli.prepare", "prepare"),
     ("kdasr.cli.train", "train"),
     ("kdasr.cli.train", "average"),
+    ("kdasr.cli.softlabels", "soft_labels"),
+    ("kdasr.cli.archive", "archive"),
     ("kdasr.cli.graph", "graph"),
     ("kdasr.cli.decode", "decode"),
     ("kdasr.cli.report", "report"),
     ("kdasr.cli.score", "score"),
     ("kdasr.cli.model_info", "model_info"),
+    ("kdasr.cli.export", "export"),
 ]
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "import_lhotse_recipe",
     "import_aurora4",
     "AURORA4_CONDITION_GROUPS",
+    "normalize_wsj_transcript",
 ]
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".wv1", ".wv2", ".sph")
@@ -792,6 +793,7 @@ def import_aurora4(
     seed: int = 0,
     parts: Optional[Sequence[str]] = None,
     skip_bad: bool = False,
+    normalize_text: str = "none",
 ) -> dict[str, CutSet]:
     """Import Aurora-4 (WSJ0 SI-84 training, eval92 test in 14 conditions) at 16 or 8 kHz.
 
@@ -817,7 +819,9 @@ def import_aurora4(
     per-utterance ``<uttid>.txt`` or ``.txt`` lines ``uttid TEXT``, searched in
     ``corpus_dir`` and ``transcript_dir`` (e.g. the WSJ0 discs), ids matched
     case-insensitively; ids are lower case. The speaker is the first three
-    characters of the utterance id (WSJ convention).
+    characters of the utterance id (WSJ convention). ``normalize_text="wsj"``
+    cleans the WSJ markup out of the transcripts
+    (:func:`normalize_wsj_transcript`); ``"none"`` keeps them as written.
 
     ``dev_speakers`` > 0 holds out that many training speakers (chosen with
     ``seed``): their multi-condition utterances form part ``dev`` and none of
@@ -827,6 +831,8 @@ def import_aurora4(
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
     if sampling_rate not in (16000, 8000):
         raise ValueError(f"Aurora-4 comes at 16000 or 8000 Hz, not {sampling_rate}")
+    if normalize_text not in ("none", "wsj"):
+        raise ValueError(f"normalize_text must be none or wsj, not {normalize_text!r}")
     if not corpus_dir.is_dir():
         raise DataError(f"Aurora-4 directory {corpus_dir} does not exist")
     known = list(AURORA4_SETS) + ["dev"]
@@ -884,6 +890,8 @@ def import_aurora4(
     for part_items in items.values():
         for item in part_items:
             item.text = transcripts.get(item.path.stem.lower())
+            if item.text is not None and normalize_text == "wsj":
+                item.text = normalize_wsj_transcript(item.text)
 
     if "dev" in wanted:
         _hold_out_dev(items, dev_speakers, seed)
@@ -896,6 +904,42 @@ def import_aurora4(
         _log_aurora4_counts(part, len(items[part]))
     _settle([m[2] for m in manifests.values()], out_dir, skip_bad)
     return _write_parts(out_dir, manifests)
+
+
+_WSJ_DROP = re.compile(r"^(?:\[[^\]]*\]|~|\.)$")
+
+
+def normalize_wsj_transcript(text: str) -> str:
+    """WSJ ``.dot``/``.lsn`` markup removed, as Kaldi's ``normalize_transcript.pl`` does it.
+
+    Upper case; backslash quoting removed (``\\,COMMA`` -> ``,COMMA``: the
+    verbalized punctuation of WSJ is spoken, so it stays a word);
+    ``%PERCENT`` -> ``PERCENT``, ``.POINT`` -> ``POINT``; noise and event
+    markers (``[loud_breath]``, ``[<door_slam]``, ``[phone_ring/]``), the
+    truncation mark ``~`` and the pause mark ``.`` are dropped (Kaldi maps the
+    noises to a noise word; a CTC model here has none); ``<word>`` (a verbal
+    deletion, still spoken) -> ``word``; ``*word*`` (mispronounced) ->
+    ``word``; ``--DASH`` -> ``-DASH``.
+    """
+    words = []
+    for w in text.split():
+        w = w.upper().replace("\\", "")
+        if w == "%PERCENT":
+            w = "PERCENT"
+        elif w == ".POINT":
+            w = "POINT"
+        if _WSJ_DROP.match(w):
+            continue
+        m = re.match(r"^<([\w']+)>$", w)
+        if m:
+            w = m.group(1)
+        elif len(w) > 2 and w.startswith("*") and w.endswith("*"):
+            w = w[1:-1]
+        elif w == "--DASH":
+            w = "-DASH"
+        if w:
+            words.append(w)
+    return " ".join(words)
 
 
 def _hold_out_dev(items: dict[str, list[_Item]], dev_speakers: int, seed: int) -> None:

@@ -58,7 +58,7 @@ def decode_cuts(
     ``decoder.hypotheses`` (beam and WFST searches built with ``nbest=K``).
     """
     out = Decoded({}, {}, {}, 0.0)
-    bar = tqdm(desc="decode", total=len(cuts), unit="utt", leave=False)
+    bar = tqdm(desc="decode", total=len(cuts), unit="utt", leave=False, disable=None)
     t0 = time.perf_counter()
     for batch, log_probs, out_lens in iter_log_probs(model, cuts, tokenizer, device, max_duration):
         if nbest:

@@ -48,7 +48,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -177,6 +177,32 @@ class ArchiveMeta:
             for f in fields(self)
             if f.name not in skip and getattr(self, f.name) != getattr(other, f.name)
         ]
+
+
+DENSE_MAX_VOCAB = 64
+"""Largest vocabulary that :func:`default_k` stores dense."""
+
+DEFAULT_TOP_K = 8
+"""k that :func:`default_k` picks above :data:`DENSE_MAX_VOCAB` tokens."""
+
+
+def payload_bytes_per_frame(vocab_size: int, k: Optional[int]) -> int:
+    """Array bytes one output frame takes: ``2V`` dense (float16), ``2(k+1) + 2k`` top-k (float16 + int16)."""
+    return 2 * vocab_size if k is None else 2 * (k + 1) + 2 * k
+
+
+def default_k(vocab_size: int) -> Optional[int]:
+    """Storage a dump uses when none is asked for: dense up to 64 tokens, else top-8 (``None`` = dense).
+
+    Why, in archive bytes per frame (:func:`payload_bytes_per_frame`): top-8
+    costs 34 B whatever the vocabulary. Dense costs 2V B: 60 B for 30
+    characters, where top-8 would save less than half and throw the tail
+    away; 1000 B for 500 BPE pieces, 30x the top-8 archive (at 25 frames per
+    second, 90 GB instead of 3 GB for 1000 h), while the top 8 of a trained
+    CTC model hold nearly all of each frame's mass. 64 tokens (128 B dense,
+    under 4x top-8) is where the saving starts to matter.
+    """
+    return None if vocab_size <= DENSE_MAX_VOCAB else DEFAULT_TOP_K
 
 
 # --------------------------------------------------------------------------- encoding
@@ -517,6 +543,7 @@ def dump_soft_labels(
     num_jobs: int = 1,
     chunk_size: int = 200,
     progress: bool = True,
+    model_inputs: Optional[Callable[[list[Cut]], dict]] = None,
 ) -> dict:
     """Run ``model`` (Model contract) over this job's share of ``cuts`` and write its soft labels.
 
@@ -525,7 +552,9 @@ def dump_soft_labels(
     ``out_lens[i]`` frames are kept, so padding never leaks into a label.
     ``out_lens`` must equal ``ceil(T/4)`` (the Frames contract): a teacher
     that breaks it would write labels no student could align with, so the
-    dump stops at the first such cut instead.
+    dump stops at the first such cut instead. ``model_inputs(batch_cuts)``
+    gives extra keyword inputs of the model (tensors are moved to ``device``),
+    e.g. the transcripts an Oracle Teacher reads (kdasr.distill.oracle).
 
     Cuts already in a finished chunk (of any job) are skipped, so rerunning a
     killed job resumes it. With ``num_jobs == 1`` the archive is finalized at
@@ -552,7 +581,9 @@ def dump_soft_labels(
             x = torch.zeros(len(feats), int(lens.max()), feats[0].shape[1], dtype=torch.float32)
             for i, f in enumerate(feats):
                 x[i, : f.shape[0]] = torch.from_numpy(np.asarray(f, dtype=np.float32))
-            logits, out_lens = model(x.to(device), lens.to(device))
+            extra = {k: v.to(device) if isinstance(v, torch.Tensor) else v
+                     for k, v in (model_inputs(batch) if model_inputs else {}).items()}
+            logits, out_lens = model(x.to(device), lens.to(device), **extra)
             if logits.shape[-1] != meta.vocab_size:
                 raise ArchiveError(
                     f"teacher {meta.teacher} outputs {logits.shape[-1]} tokens but the archive says vocab_size "
@@ -582,6 +613,88 @@ def dump_soft_labels(
         "job %d/%d: %d cuts (%.1f s of audio, %d frames) in %.1f s: %.1fx real time",
         job, num_jobs, stats["done"], stats["audio_seconds"], stats["frames"], wall, stats["xrt"],
     )
+    return stats
+
+
+def teacher_name_from_checkpoint(checkpoint: Pathlike) -> str:
+    """The experiment directory's name: ``exp/vgg_wb/best.pt`` and ``exp/vgg_wb/checkpoints/checkpoint-5.pt`` give ``vgg_wb``."""
+    parent = Path(checkpoint).absolute().parent
+    if parent.name == "checkpoints":
+        parent = parent.parent
+    return parent.name
+
+
+def view_from_cuts_path(cuts_path: Pathlike) -> Optional[str]:
+    """``wb``/``nb`` from a ``cuts_<part>_<view>.jsonl.gz`` name (``prepare fbank``'s naming), else None."""
+    m = re.search(r"_(wb|nb)\.jsonl(\.gz)?$", Path(cuts_path).name)
+    return m.group(1) if m else None
+
+
+def dump_from_checkpoint(
+    checkpoint: Pathlike,
+    cuts_path: Pathlike,
+    archive_dir: Pathlike,
+    k: Union[int, str, None] = "auto",
+    temperature: float = 1.0,
+    teacher: Optional[str] = None,
+    view: Optional[str] = None,
+    device: str = "auto",
+    max_duration: Optional[float] = 200.0,
+    job: int = 1,
+    num_jobs: int = 1,
+    chunk_size: int = 200,
+    progress: bool = True,
+) -> dict:
+    """Load a teacher checkpoint and dump its soft labels for job ``job`` of ``num_jobs`` (``kdasr soft-labels``).
+
+    ``k``: an int for top-k, ``None`` for dense, ``"auto"`` for
+    :func:`default_k` of the checkpoint's vocabulary. The meta records the
+    checkpoint path as given, the checkpoint's lang hash, and ``teacher``
+    (default: :func:`teacher_name_from_checkpoint`) and ``view`` (default:
+    from the cuts file name, else ``wb``). Returns :func:`dump_soft_labels`'s
+    stats plus ``meta``.
+    """
+    from kdasr.train.checkpoint import load_model
+
+    try:
+        model, ckpt = load_model(checkpoint)
+    except (FileNotFoundError, RuntimeError, KeyError) as e:
+        raise ArchiveError(f"cannot load teacher checkpoint {checkpoint}: {e}") from e
+    vocab_size = int(ckpt["vocab_size"])
+    if not ckpt.get("lang_hash"):
+        raise ArchiveError(f"teacher checkpoint {checkpoint} records no lang_hash: no student could be checked against it")
+    if k == "auto":
+        k = default_k(vocab_size)
+    elif isinstance(k, str):
+        raise ValueError(f"k must be an int, None (dense) or 'auto', got {k!r}")
+    try:
+        cuts = CutSet.from_file(cuts_path).to_eager()
+    except Exception as e:
+        raise ArchiveError(f"cannot read cuts {cuts_path}: {e}") from e
+    first = next(iter(cuts), None)
+    if first is not None and first.has_features and first.num_features != ckpt["num_features"]:
+        raise ArchiveMismatchError(
+            f"cut {first.id} in {cuts_path} has {first.num_features} features per frame but teacher {checkpoint} "
+            f"expects {ckpt['num_features']} (wrong view or fbank settings?)"
+        )
+    meta = ArchiveMeta(
+        teacher=teacher or teacher_name_from_checkpoint(checkpoint),
+        checkpoint=str(checkpoint),
+        lang_hash=str(ckpt["lang_hash"]),
+        vocab_size=vocab_size,
+        frame_shift=FRAME_SHIFT,
+        temperature=float(temperature),
+        k=None if k is None else int(k),
+        view=view or view_from_cuts_path(cuts_path) or "wb",
+    )
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    from kdasr.distill.oracle import dump_inputs  # the Oracle Teacher also reads each cut's transcript
+
+    stats = dump_soft_labels(model, cuts, archive_dir, meta, max_duration=max_duration, device=device,
+                             job=job, num_jobs=num_jobs, chunk_size=chunk_size, progress=progress,
+                             model_inputs=dump_inputs(ckpt))
+    stats["meta"] = meta
     return stats
 
 
@@ -673,9 +786,13 @@ def archive_info(archive_dir: Pathlike, cuts: Optional[Iterable[Cut]] = None) ->
     info: dict = {
         "archive": str(archive_dir),
         "teacher": meta.teacher,
+        "checkpoint": meta.checkpoint,
+        "lang_hash": meta.lang_hash,
         "storage": "dense" if meta.dense else f"top-{meta.k}",
+        "k": meta.k,
         "vocab_size": meta.vocab_size,
         "temperature": meta.temperature,
+        "frame_shift": meta.frame_shift,
         "view": meta.view,
         "finalized": finalized,
         "num_cuts": len(frames),

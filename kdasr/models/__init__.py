@@ -29,7 +29,9 @@ __all__ = [
 
 _REGISTRY: dict[str, type[AcousticModel]] = {}
 # Modules whose import registers the built-in families.
-_BUILTIN_MODULES = ("kdasr.models.vgg", "kdasr.models.lstm", "kdasr.models.cnn")
+_BUILTIN_MODULES = (
+    "kdasr.models.vgg", "kdasr.models.lstm", "kdasr.models.cnn", "kdasr.models.specialists", "kdasr.models.oracle",
+)
 
 M = TypeVar("M", bound=type)
 

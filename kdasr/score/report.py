@@ -5,9 +5,18 @@ Each ``kdasr decode`` leaves ``decode.yaml``; each ``kdasr train`` leaves
 can be rerun any time and never needs the models. Runs that differ only in
 their seed (``<name>_seed<N>``) are merged into one row: mean WER and the
 spread over seeds.
+
+Per-condition WERs (``per_condition_wer`` of ``decode.yaml``, keyed by the
+supervision field ``condition``) get a table of their own. When the test cuts
+also carry ``condition_group`` (Aurora-4: A = 01, B = 02-07, C = 08,
+D = 09-14), a group table comes first: each group's WER is the mean of its
+conditions' WERs, as Aurora-4 results are reported (every condition holds the
+same utterances), and ``avg`` is the mean over all conditions.
 """
 from __future__ import annotations
 
+import gzip
+import json
 import logging
 import re
 import statistics
@@ -35,12 +44,80 @@ class Row:
     # (test set, method) -> list of WERs over seeds
     wers: dict = field(default_factory=lambda: defaultdict(list))
     cond: dict = field(default_factory=lambda: defaultdict(list))
+    # (test set, method, condition group) -> list of group WERs over seeds
+    groups: dict = field(default_factory=lambda: defaultdict(list))
+    # (test set, method) -> {condition: group}
+    group_of: dict = field(default_factory=dict)
     rtf: dict = field(default_factory=lambda: defaultdict(list))
     order: int = 0
 
 
 def _read_yaml(path: Path) -> dict:
     return yaml.safe_load(path.read_text()) or {}
+
+
+def _cuts_file(cuts: str, exp: Path) -> Optional[Path]:
+    """The decoded cuts manifest: as recorded (relative to the recipe dir, where decode ran) or below exp/.."""
+    path = Path(cuts)
+    for cand in (path, exp.parent.parent / path) if not path.is_absolute() else (path,):
+        if cand.is_file():
+            return cand
+    return None
+
+
+# (path, mtime) -> (condition -> group, whether the whole file was read)
+_GROUP_CACHE: dict[tuple[str, float], tuple[dict[str, str], bool]] = {}
+
+
+def condition_groups(cuts_path: Path, conditions: Iterable[str] = ()) -> dict[str, str]:
+    """``condition -> condition_group`` from the supervisions of a cuts manifest (``{}`` when it has none).
+
+    Reads the JSONL lines directly and stops once every condition in
+    ``conditions`` is mapped, so a large test set costs little.
+    """
+    wanted = {str(c) for c in conditions}
+    key = (str(cuts_path), cuts_path.stat().st_mtime)
+    if key in _GROUP_CACHE:
+        cached, complete = _GROUP_CACHE[key]
+        if complete or (wanted and wanted <= set(cached)):
+            return cached
+    mapping: dict[str, str] = {}
+    complete = True
+    opener = gzip.open if cuts_path.suffix == ".gz" else open
+    try:
+        with opener(cuts_path, "rt", encoding="utf-8") as f:
+            for line in f:
+                for sup in json.loads(line).get("supervisions") or []:
+                    custom = sup.get("custom") or {}
+                    if "condition" in custom and "condition_group" in custom:
+                        mapping.setdefault(str(custom["condition"]), str(custom["condition_group"]))
+                if wanted and wanted <= set(mapping):
+                    complete = False
+                    break
+    except (OSError, ValueError) as e:
+        logging.warning("cannot read condition groups from %s: %s", cuts_path, e)
+        return {}
+    _GROUP_CACHE[key] = (mapping, complete)
+    return mapping
+
+
+def _add_groups(row: Row, test: str, method: str, per_cond: dict, cuts: str, exp: Path) -> None:
+    """Group WERs (mean of the member conditions' WERs) of one decode, when its cuts name groups."""
+    path = _cuts_file(cuts, exp)
+    if path is None or not per_cond:
+        return
+    mapping = condition_groups(path, per_cond)
+    known = {str(c): g for c, g in mapping.items() if str(c) in {str(k) for k in per_cond}}
+    if not known:
+        return
+    row.group_of[(test, method)] = known
+    members: dict = defaultdict(list)
+    for cond, w in per_cond.items():
+        if str(cond) in known:
+            members[known[str(cond)]].append(float(w))
+    for g, ws in members.items():
+        row.groups[(test, method, g)].append(statistics.fmean(ws))
+    row.groups[(test, method, "avg")].append(statistics.fmean(w for ws in members.values() for w in ws))
 
 
 def collect(exp_dirs: Iterable[Path]) -> list[Row]:
@@ -75,8 +152,10 @@ def collect(exp_dirs: Iterable[Path]) -> list[Row]:
             key = (test, d["method"])
             row.wers[key].append(float(d["wer"]))
             row.rtf[key].append(float(d.get("rtf", 0.0)))
-            for cond, w in (d.get("per_condition_wer") or {}).items():
+            per_cond = d.get("per_condition_wer") or {}
+            for cond, w in per_cond.items():
                 row.cond[(test, d["method"], str(cond))].append(float(w))
+            _add_groups(row, test, d["method"], per_cond, d["cuts"], exp)
     return sorted(rows.values(), key=lambda r: r.order)
 
 
@@ -105,6 +184,8 @@ def markdown_table(rows: list[Row], with_conditions: bool = True) -> str:
         cells += [_fmt(r.wers.get(k, [])) for k in keys]
         lines.append("| " + " | ".join(cells) + " |")
     out = "\n".join(lines) + "\n"
+    if with_conditions:
+        out += _group_tables(rows)
     conds = sorted({k for r in rows for k in r.cond})
     if with_conditions and conds:
         by_test: dict = defaultdict(list)
@@ -116,6 +197,37 @@ def markdown_table(rows: list[Row], with_conditions: bool = True) -> str:
             for r in rows:
                 if any((t, m, c) in r.cond for c in cs):
                     out += f"| {r.name} | " + " | ".join(_fmt(r.cond.get((t, m, c), [])) for c in cs) + " |\n"
+    return out
+
+
+def _group_label(group: str, conds: list[str]) -> str:
+    """``B (02-07)``: the group and the conditions it averages (a range when they are consecutive numbers)."""
+    if not conds:
+        return group
+    if len(conds) == 1:
+        return f"{group} ({conds[0]})"
+    if all(c.isdigit() for c in conds) and [int(c) for c in conds] == list(range(int(conds[0]), int(conds[-1]) + 1)):
+        return f"{group} ({conds[0]}-{conds[-1]})"
+    return f"{group} ({', '.join(conds)})"
+
+
+def _group_tables(rows: list[Row]) -> str:
+    """One table per (test set, method) whose cuts carry condition groups: columns A, B, ..., avg."""
+    out = ""
+    tests = sorted({k for r in rows for k in r.group_of})
+    for t, m in tests:
+        members: dict = defaultdict(set)
+        for r in rows:
+            for c, g in r.group_of.get((t, m), {}).items():
+                members[g].add(c)
+        groups = sorted(members)
+        labels = [_group_label(g, sorted(members[g])) for g in groups] + ["avg"]
+        out += (f"\nWER by condition group on {t} ({m}; mean of the conditions' WERs):\n\n"
+                "| experiment | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels) + "\n")
+        for r in rows:
+            if (t, m) in r.group_of:
+                cells = [_fmt(r.groups.get((t, m, g), [])) for g in groups + ["avg"]]
+                out += f"| {r.name} | " + " | ".join(cells) + " |\n"
     return out
 
 

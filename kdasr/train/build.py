@@ -1,4 +1,9 @@
-"""Choose the objective a config asks for and run the trainer."""
+"""Choose the objective a config asks for and run the trainer.
+
+Hard-label CTC by default; knowledge distillation with a ``kd`` section; the
+specialist ensemble and the Oracle Teacher bring their own objectives
+(per-head CTC, and CTC with the transcript as an input too).
+"""
 from __future__ import annotations
 
 import logging
@@ -9,6 +14,8 @@ from lhotse import CutSet
 
 from kdasr.config import deep_merge
 from kdasr.data.tokenizer import Tokenizer
+from kdasr.distill.oracle import OracleObjective
+from kdasr.distill.specialists import SpecialistObjective, resolve_subsets
 from kdasr.distill.strategies import KDObjective, KDTargets, check_augmentation_compatible, multistream_cuts
 from kdasr.train.trainer import DEFAULTS, Objective, TrainState, Trainer
 from kdasr.utils.io import save_manifest
@@ -41,5 +48,12 @@ def kd_objective(cfg: dict, exp_dir: Path) -> Optional[Objective]:
 def train_from_config(cfg: dict, exp_dir: Path, resume: bool = True) -> TrainState:
     """Hard-label CTC, or knowledge distillation when the config has a ``kd`` section."""
     cfg = deep_merge(DEFAULTS, cfg)
+    name = cfg["model"]["name"]
+    if name == "specialists":  # subsets from a YAML file become token ids, so the checkpoint stands alone
+        cfg["model"] = resolve_subsets(cfg["model"], cfg["data"]["lang_dir"], exp_dir)
     objective = kd_objective(cfg, Path(exp_dir))
+    if objective is None and name == "specialists":
+        objective = SpecialistObjective()
+    elif objective is None and name == "oracle":
+        objective = OracleObjective()
     return Trainer(cfg, exp_dir, objective).fit(resume=resume)

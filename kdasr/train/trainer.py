@@ -416,7 +416,8 @@ class Trainer:
                 torch.distributed.algorithms.join.Join([self.ddp_model])
                 if self.world_size > 1 else contextlib.nullcontext()
             )
-            bar = tqdm(loader, desc=f"epoch {self.state.epoch}", disable=not self.is_main, leave=False)
+            # disable=None: no bar when stderr is not a terminal (log files get the per-epoch lines instead).
+            bar = tqdm(loader, desc=f"epoch {self.state.epoch}", disable=None if self.is_main else True, leave=False)
             with join:
                 for batch in bar:
                     self.state.step += 1

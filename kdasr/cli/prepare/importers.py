@@ -116,10 +116,14 @@ def lhotse_recipe(
 @click.option("--dev-speakers", type=int, default=0, help="Training speakers held out as part 'dev' (0: no dev).")
 @click.option("--seed", type=int, default=0, help="Seed of the dev speaker choice.")
 @click.option("--parts", default=None, help="Comma-separated subset of train_clean,train_multi,test,dev.")
+@click.option(
+    "--normalize-text", type=click.Choice(["none", "wsj"]), default="none", show_default=True,
+    help="wsj: drop WSJ transcript markup ([noise], <word>, *word*, ~, backslashes) as Kaldi's recipe does.",
+)
 @_common_options
 def aurora4(
     corpus_dir: Path, sampling_rate: str, transcript_dir: Optional[Path], dev_speakers: int, seed: int,
-    parts: Optional[str], out_dir: Path, skip_bad: bool,
+    parts: Optional[str], normalize_text: str, out_dir: Path, skip_bad: bool,
 ) -> None:
     """Aurora-4 (train_si84_clean, train_si84_multi, test_eval92 01..14) at 16 or 8 kHz."""
     from kdasr.data.importers import import_aurora4
@@ -129,4 +133,5 @@ def aurora4(
         import_aurora4(
             corpus_dir, out_dir, sampling_rate=int(sampling_rate), transcript_dir=transcript_dir,
             dev_speakers=dev_speakers, seed=seed, parts=_split_csv(parts), skip_bad=skip_bad,
+            normalize_text=normalize_text,
         )

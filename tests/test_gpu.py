@@ -1,0 +1,56 @@
+"""CUDA paths: greedy decoding equals the CPU's, and training runs with AMP. Skipped without a GPU."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from lhotse import CutSet
+
+from kdasr.data.tokenizer import Tokenizer, build_char_lang, texts_from_cuts
+from kdasr.decode import make_decoder
+from kdasr.decode.run import decode_cuts
+from kdasr.train.build import train_from_config
+from kdasr.train.checkpoint import load_model
+from synth import make_feature_cuts
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("gpu")
+    train = make_feature_cuts(root / "feats", num_cuts=32, seed=0, prefix="tr")
+    dev = make_feature_cuts(root / "feats", num_cuts=8, seed=1, prefix="dv")
+    train.to_file(root / "train.jsonl.gz")
+    dev.to_file(root / "dev.jsonl.gz")
+    build_char_lang(texts_from_cuts(train), root / "lang")
+    cfg = {
+        "data": {"train_cuts": str(root / "train.jsonl.gz"), "dev_cuts": str(root / "dev.jsonl.gz"),
+                 "lang_dir": str(root / "lang"), "max_duration": 3.0, "num_buckets": 2},
+        "model": {"name": "vgg", "channels": [8, 16], "hidden": 64, "num_layers": 1},
+        "train": {"epochs": 3, "lr": 3e-3, "warmup_steps": 5, "save_every_n": 0, "device": "cuda", "amp": True},
+    }
+    state = train_from_config(copy.deepcopy(cfg), root / "exp")
+    return {"root": root, "state": state, "dev": dev}
+
+
+def test_training_on_cuda_with_amp(trained):
+    hist = trained["state"].history
+    assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in hist)
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+
+
+def test_greedy_on_gpu_equals_cpu(trained):
+    root = trained["root"]
+    model, _ = load_model(root / "exp" / "best.pt")
+    tok = Tokenizer.from_dir(root / "lang")
+    cuts = CutSet.from_cuts(trained["dev"])
+    out = {}
+    for dev in ("cpu", "cuda"):
+        decoder = make_decoder("greedy", tok, device=dev)
+        out[dev] = decode_cuts(model.to(dev), cuts, tok, decoder, torch.device(dev)).hyps
+    assert out["cpu"] == out["cuda"]

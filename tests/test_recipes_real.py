@@ -1,0 +1,308 @@
+"""The corpus recipes (egs/aurora4, egs/librispeech, egs/kaldi_data) on small mock corpora laid out
+like the real ones, through their run.sh in a subprocess, stages 0-3: import -> 8 kHz view -> fbank
+-> tokens. Plus the Aurora-4 condition-group table of the report and the WSJ transcript cleanup.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+from lhotse import load_manifest
+
+from kdasr.data.importers import normalize_wsj_transcript
+from kdasr.score.report import collect, markdown_table
+from test_importers import AURORA_TEST, AURORA_TRAIN, aurora4_tree  # noqa: F401  (aurora4_tree: fixture)
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar".split()
+
+
+def write_tone(path: Path, seconds: float, seed: int, sr: int = 16000, fmt: str | None = None) -> Path:
+    """A few seconds of a gliding tone plus noise (enough for fbank and the telephone channel)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 150 + 100 * rng.random()
+    x = 0.3 * np.sin(2 * np.pi * (f0 + 40 * t) * t) + 0.02 * rng.standard_normal(t.size)
+    sf.write(path, x.astype(np.float32), sr, format=fmt, subtype="PCM_16")
+    return path
+
+
+def sentence(rng: np.random.Generator) -> str:
+    return " ".join(rng.choice(WORDS, size=int(rng.integers(3, 7)))).upper()
+
+
+def recipe_copy(tmp_path: Path, name: str) -> Path:
+    """egs/<name> copied next to links to the shared recipes/ and tools/, so outputs stay in tmp."""
+    shutil.copytree(REPO / "egs" / name, tmp_path / "egs" / name, ignore=shutil.ignore_patterns("data", "exp"))
+    for d in ("recipes", "tools"):
+        (tmp_path / d).symlink_to(REPO / d)
+    return tmp_path / "egs" / name
+
+
+def run_recipe(recipe: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    res = subprocess.run(["bash", "run.sh", *args], cwd=recipe, env=env, capture_output=True, text=True, timeout=600)
+    if res.returncode != 0:
+        logs = "".join(f"\n--- {p}\n{p.read_text()[-2000:]}" for p in sorted((recipe / "data" / "log").glob("*.log")))
+        pytest.fail(f"run.sh {' '.join(args)} exited {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}{logs}")
+    return res
+
+
+def ids(path: Path) -> list[str]:
+    return sorted(c.id for c in load_manifest(path))
+
+
+def check_stages_0_to_3(data: Path, parts: list[str], kind: str) -> dict:
+    """Manifests, both views, features and the lang dir exist, and every view of a part has the same cut ids."""
+    cuts = {}
+    for part in parts:
+        source = ids(data / "manifests" / f"cuts_{part}.jsonl.gz")
+        assert source, part
+        assert ids(data / "manifests" / f"cuts_{part}_nb.jsonl.gz") == source, part
+        frames = {}
+        for view, rate, bins in (("wb", 16000, 80), ("nb", 8000, 40)):
+            feats = list(load_manifest(data / "fbank" / f"cuts_{part}_{view}.jsonl.gz"))
+            assert sorted(c.id for c in feats) == source, (part, view)
+            assert all(c.has_features and c.num_features == bins and c.sampling_rate == rate for c in feats)
+            assert (data / "fbank" / f"{part}_{view}").is_dir()
+            frames[view] = {c.id: c.num_frames for c in feats}
+            cuts[(part, view)] = feats
+        assert frames["wb"] == frames["nb"], part
+    for view in ("wb", "nb"):
+        stats = json.loads((data / "fbank" / f"cmvn_{view}.json").read_text())
+        assert stats["num_frames"] > 0
+    lang = data / f"lang_{kind}"
+    assert (lang / "tokens.txt").read_text().splitlines()[0] == "<blk> 0"
+    assert yaml.safe_load((lang / "lang.yaml").read_text())["kind"] == kind
+    for log in ("fbank.log", "tokens.log"):
+        assert "# Ended (code 0)" in (data / "log" / log).read_text()
+    return cuts
+
+
+# ------------------------------------------------------------------ --help
+
+
+@pytest.mark.parametrize("name, expect", [
+    ("aurora4", {"corpus": "aurora4", "train-part": "train_multi", "dev-speakers": "4", "nb-source": "simulate"}),
+    ("librispeech", {"lhotse-recipe": "librispeech", "bpe-vocab": "500", "test-parts": "test-clean test-other"}),
+    ("kaldi_data", {"corpus": "kaldi", "train-part": "train", "kaldi-wav-root": ""}),
+])
+def test_help(name: str, expect: dict[str, str]) -> None:
+    res = subprocess.run(["bash", str(REPO / "egs" / name / "run.sh"), "--help"], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    values = dict((line.split(None, 1) + [""])[:2] for line in res.stdout.splitlines() if line.startswith("  --"))
+    for opt, value in {**expect, "corpus-dir": "", "stop-stage": "100"}.items():
+        assert values.get(f"--{opt}", "<missing>").strip() == value, opt
+
+
+def experiment_lines(path: Path) -> list[list[str]]:
+    return [line.split() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+@pytest.mark.parametrize("experiments", ["aurora4/conf/experiments.txt", "librispeech/conf/experiments.txt",
+                                         "kaldi_data/conf/experiments.txt", "kaldi_data/conf/experiments_wb.txt"])
+def test_experiment_configs_build(experiments: str) -> None:
+    """Every line's configs merge, its model builds, and its kd section names teachers of the same file."""
+    from kdasr.config import load_config
+    from kdasr.distill.strategies import KD_DEFAULTS
+    from kdasr.models import build_model
+
+    recipe = REPO / "egs" / experiments.split("/")[0]
+    lines = experiment_lines(REPO / "egs" / experiments)
+    teachers = {name for name, role, *_ in lines if role == "teacher"}
+    assert teachers and any(role == "student" for _, role, *_ in lines)
+    for name, role, view, *rest in lines:
+        assert role in ("teacher", "student") and view in ("wb", "nb"), name
+        files = [recipe / w for w in rest if "=" not in w]
+        cfg = load_config(files, [w for w in rest if "=" in w])
+        model = build_model(cfg["model"], 80 if view == "wb" else 40, 500, None)
+        assert model.num_params() > 0
+        if "kd" in cfg:
+            assert role == "student" and set(cfg["kd"]) <= set(KD_DEFAULTS), name
+            for t in cfg["kd"]["teachers"]:
+                assert t["name"] in teachers and t["archive"] == f"exp/{t['name']}/softlabels", name
+
+
+# ------------------------------------------------------------------ Aurora-4
+
+
+@pytest.mark.slow
+def test_aurora4_recipe_stages_0_to_3(aurora4_tree: Path, tmp_path: Path) -> None:
+    recipe = recipe_copy(tmp_path, "aurora4")
+    # The mock has 3 training speakers; one is held out as dev.
+    run_recipe(recipe, "--corpus-dir", str(aurora4_tree), "--dev-speakers", "1", "--stop-stage", "3", "--nj", "1")
+    data = recipe / "data"
+    cuts = check_stages_0_to_3(data, ["train_multi", "dev", "test"], "char")
+    assert not (data / "manifests" / "cuts_train_clean.jsonl.gz").exists()
+    train_spk = {c.supervisions[0].speaker for c in cuts[("train_multi", "wb")]}
+    dev_spk = {c.supervisions[0].speaker for c in cuts[("dev", "wb")]}
+    assert len(dev_spk) == 1 and not dev_spk & train_spk
+    assert train_spk | dev_spk == set(AURORA_TRAIN)
+    for view in ("wb", "nb"):
+        test = cuts[("test", view)]
+        assert len(test) == 14 * len(AURORA_TEST)
+        groups = {c.supervisions[0].custom["condition"]: c.supervisions[0].custom["condition_group"] for c in test}
+        assert groups == {f"{i:02d}": "A" if i == 1 else "B" if i <= 7 else "C" if i == 8 else "D" for i in range(1, 15)}
+    # --normalize-text wsj: the WSJ backslash quoting is gone.
+    text = next(c for c in cuts[("train_multi", "wb")] if c.id == "011c0201_multi").supervisions[0].text
+    assert text == "THE 011C0201 SENTENCE COMMA HERE"
+    # The default nb view is the simulated telephone channel of the 16 kHz audio.
+    nb = load_manifest(data / "manifests" / "cuts_test_nb.jsonl.gz")[0]
+    assert "narrowband" in nb.recording.sources[0].source
+
+
+@pytest.mark.slow
+def test_aurora4_recipe_own_8k_copy(aurora4_tree: Path, tmp_path: Path) -> None:
+    recipe = recipe_copy(tmp_path, "aurora4")
+    run_recipe(recipe, "--corpus-dir", str(aurora4_tree), "--dev-speakers", "1", "--dev-seed", "2",
+               "--nb-source", "corpus", "--stop-stage", "2", "--nj", "1")
+    data = recipe / "data"
+    for part in ("train_multi", "dev", "test"):
+        assert ids(data / "manifests" / f"cuts_{part}_nb.jsonl.gz") == ids(data / "manifests" / f"cuts_{part}.jsonl.gz")
+        wb, nb = (list(load_manifest(data / "fbank" / f"cuts_{part}_{v}.jsonl.gz")) for v in ("wb", "nb"))
+        assert {c.id: c.num_frames for c in wb} == {c.id: c.num_frames for c in nb}
+        assert all("wav8k" in c.recording.sources[0].source and c.sampling_rate == 8000 for c in nb)
+        assert all("wav16k" in c.recording.sources[0].source for c in wb)
+    assert not (data / "narrowband" / "test").exists()
+
+
+def test_wsj_transcript_normalization() -> None:
+    raw = r"[loud_breath] The I\. B\. M\. \,COMMA <and> *pertinent* [<door_slam] ~ . %PERCENT --DASH [/phone_ring]"
+    assert normalize_wsj_transcript(raw) == "THE I. B. M. ,COMMA AND PERTINENT PERCENT -DASH"
+    assert normalize_wsj_transcript("[noise]") == ""
+
+
+def _decode(exp: Path, cuts: Path, wers: dict[str, float]) -> None:
+    d = exp / "decode_test_wb_greedy"
+    d.mkdir(parents=True)
+    (d / "decode.yaml").write_text(yaml.safe_dump({
+        "cuts": str(cuts), "method": "greedy", "model": "vgg", "wer": 10.0, "num_params": 5_000_000,
+        "macs_per_second": 1e8, "rtf": 0.01, "per_condition_wer": wers,
+    }))
+
+
+def test_report_groups_aurora4_conditions(tmp_path: Path) -> None:
+    cuts = tmp_path / "cuts_test_wb.jsonl.gz"
+    with gzip.open(cuts, "wt") as f:
+        for i in range(1, 15):
+            cond = f"{i:02d}"
+            group = "A" if i == 1 else "B" if i <= 7 else "C" if i == 8 else "D"
+            f.write(json.dumps({"id": f"u_{cond}", "supervisions": [
+                {"id": f"u_{cond}", "custom": {"condition": cond, "condition_group": group}}]}) + "\n")
+    wers = {f"{i:02d}": float(i) for i in range(1, 15)}
+    _decode(tmp_path / "vgg_seed1", cuts, wers)
+    _decode(tmp_path / "vgg_seed2", cuts, {k: w + 2 for k, w in wers.items()})
+    rows = collect([tmp_path / "vgg_seed1", tmp_path / "vgg_seed2"])
+    table = markdown_table(rows)
+    assert "WER by condition group on test_wb (greedy" in table
+    assert "| experiment | A (01) | B (02-07) | C (08) | D (09-14) | avg |" in table
+    # A: 1, 3 -> 2.00 ± 1.00; B: mean(2..7) = 4.5 and 6.5; C: 8, 10; D: 11.5, 13.5; avg: 7.5, 9.5.
+    assert "| vgg | 2.00 ± 1.00 | 5.50 ± 1.00 | 9.00 ± 1.00 | 12.50 ± 1.00 | 8.50 ± 1.00 |" in table
+    assert "WER by condition on test_wb (greedy)" in table  # the 14 conditions are still listed
+    # Cuts without groups (or gone): no group table.
+    cuts.unlink()
+    assert "condition group" not in markdown_table(collect([tmp_path / "vgg_seed1"]))
+
+
+# ------------------------------------------------------------------ LibriSpeech
+
+
+def librispeech_tree(root: Path) -> Path:
+    """LibriSpeech/<part>/<spk>/<chapter>/<spk>-<chapter>-<utt>.flac + <spk>-<chapter>.trans.txt."""
+    rng = np.random.default_rng(0)
+    layout = {"train-clean-100": [("19", "198"), ("26", "495")], "dev-clean": [("84", "121123")],
+              "test-clean": [("1089", "134686")], "test-other": [("1688", "142285")]}
+    seed = 0
+    for part, chapters in layout.items():
+        for spk, chapter in chapters:
+            d = root / "LibriSpeech" / part / spk / chapter
+            lines = []
+            for i in range(3 if part.startswith("train") else 2):
+                utt = f"{spk}-{chapter}-{i:04d}"
+                seed += 1
+                write_tone(d / f"{utt}.flac", 1.0 + 0.25 * i, seed, fmt="FLAC")
+                lines.append(f"{utt} {sentence(rng)}\n")
+            (d / f"{spk}-{chapter}.trans.txt").write_text("".join(lines))
+    return root / "LibriSpeech"
+
+
+@pytest.mark.slow
+def test_librispeech_recipe_stages_0_to_3(tmp_path: Path) -> None:
+    corpus = librispeech_tree(tmp_path / "corpus")
+    recipe = recipe_copy(tmp_path, "librispeech")
+    # A 500-piece BPE needs more text than a mock has.
+    run_recipe(recipe, "--corpus-dir", str(corpus), "--bpe-vocab", "30", "--lhotse-opts", "num_jobs=1",
+               "--stop-stage", "3", "--nj", "1")
+    data = recipe / "data"
+    cuts = check_stages_0_to_3(data, ["train-clean-100", "dev-clean", "test-clean", "test-other"], "bpe")
+    assert [c.id for c in cuts[("test-other", "wb")]] == ["1688-142285-0000", "1688-142285-0001"]
+    assert (data / "lang_bpe" / "bpe.model").is_file()
+    assert len((data / "lang_bpe" / "tokens.txt").read_text().splitlines()) == 30
+
+
+# ------------------------------------------------------------------ Kaldi data dirs
+
+
+def kaldi_tree(root: Path) -> Path:
+    """s5/data/{train_si284,test_dev93,test_eval92}: relative paths (from s5), segments, a piped entry."""
+    s5 = root / "s5"
+    rng = np.random.default_rng(1)
+    # train: two 3 s recordings cut into segments, paths relative to s5 (Kaldi's convention).
+    d = s5 / "data" / "train_si284"
+    d.mkdir(parents=True)
+    wav, segs, text, utt2spk = [], [], [], []
+    for r in range(2):
+        write_tone(s5 / "wav" / f"rec{r}.wav", 3.0, r)
+        wav.append(f"rec{r} wav/rec{r}.wav\n")
+        for k in range(3):
+            utt = f"spk{r}-rec{r}-{k}"
+            segs.append(f"{utt} rec{r} {k:.1f} {k + 1:.1f}\n")
+            text.append(f"{utt} {sentence(rng)}\n")
+            utt2spk.append(f"{utt} spk{r}\n")
+    (d / "wav.scp").write_text("".join(wav))
+    (d / "segments").write_text("".join(segs))
+    (d / "text").write_text("".join(text))
+    (d / "utt2spk").write_text("".join(utt2spk))
+    # dev: whole recordings with absolute paths; test: a piped command.
+    for part, piped in (("test_dev93", False), ("test_eval92", True)):
+        d = s5 / "data" / part
+        d.mkdir(parents=True)
+        lines, text = [], []
+        for k in range(2):
+            utt = f"{part}-{k}"
+            path = write_tone(root / "audio" / part / f"{utt}.wav", 1.5, 10 + k)
+            lines.append(f"{utt} cat {path} |\n" if piped else f"{utt} {path}\n")
+            text.append(f"{utt} {sentence(rng)}\n")
+        (d / "wav.scp").write_text("".join(lines))
+        (d / "text").write_text("".join(text))
+    return s5 / "data"
+
+
+@pytest.mark.slow
+def test_kaldi_data_recipe_stages_0_to_3(tmp_path: Path) -> None:
+    data_root = kaldi_tree(tmp_path / "kaldi")
+    recipe = recipe_copy(tmp_path, "kaldi_data")
+    names = ["--train-part", "train_si284", "--dev-part", "test_dev93", "--test-parts", "test_eval92"]
+    res = subprocess.run(["bash", "run.sh", "--data-root", str(data_root), "--train-part", "train", "--stop-stage", "0"],
+                         cwd=recipe, capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0 and "--train-part" in res.stderr and "train does not exist" in res.stderr
+    run_recipe(recipe, f"--data-root={data_root}", *names, "--stop-stage", "3", "--nj", "1")
+    data = recipe / "data"
+    cuts = check_stages_0_to_3(data, ["train_si284", "test_dev93", "test_eval92"], "char")
+    train = {c.id: c for c in cuts[("train_si284", "wb")]}
+    assert len(train) == 6 and train["spk1-rec1-2"].start == pytest.approx(2.0)
+    assert train["spk1-rec1-2"].recording.sources[0].source == str(data_root.parent / "wav" / "rec1.wav")
+    test = load_manifest(data / "manifests" / "recordings_test_eval92.jsonl.gz")
+    assert all(r.sources[0].type == "command" for r in test)
+    # One import job per part, each with its log.
+    assert len(list((data / "log").glob("import_kaldi.*.log"))) == 3
