@@ -296,8 +296,12 @@ if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
 fi
 
 if [ $stage -le 9 ] && [ $stop_stage -ge 9 ]; then
-  log "Stage 9: results table"
+  log "Stage 9: results table of every experiment in $exp (this file's first)"
   dirs=$(expand_experiments | awk -v e=$exp '{print e"/"$1}')
+  for d in $exp/*/; do
+    d=${d%/}
+    [[ " $(echo $dirs) " == *" $d "* ]] || dirs="$dirs $d"
+  done
   # shellcheck disable=SC2086
   kdasr report $dirs --out $exp/RESULTS.md --plot $exp/wer_vs_params.png \
     --plot-test ${test_parts%% *}_wb

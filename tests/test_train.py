@@ -104,6 +104,19 @@ def test_nan_batch_is_skipped_and_logged(synth_data, tmp_path):
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
+def test_early_stopping_waits_while_dev_loss_falls(synth_data, tmp_path, monkeypatch):
+    """On the all-blank CTC plateau WER stays at 100% but the loss falls: no early stop there."""
+    cfg = dict(synth_data["cfg"])
+    cfg["train"] = dict(cfg["train"], epochs=8, save_every_n=0, early_stop_patience=2)
+    trainer = Trainer(cfg, tmp_path / "exp")
+    dev = iter([(50.0, 100.0), (40.0, 100.0), (30.0, 100.0), (20.0, 100.0),  # plateau, loss falls
+                (19.0, 60.0), (25.0, 70.0), (26.0, 65.0), (10.0, 10.0)])     # then 2 bad epochs
+    monkeypatch.setattr(trainer, "validate", lambda: dict(zip(("dev_loss", "dev_wer"), next(dev))))
+    state = trainer.fit(resume=False)
+    assert [h["epoch"] for h in state.history] == [1, 2, 3, 4, 5, 6, 7]
+    assert state.best_epoch == 5 and state.best_metric == 60.0
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import logging
 import shutil
 import statistics
 import tempfile
@@ -388,7 +387,6 @@ def main() -> None:
     p.add_argument("--seeds", type=_ints, default=[1], help="(d): student seeds (WER averaged).")
     p.add_argument("--skip-train", action="store_true", help="Leave out (d).")
     args = p.parse_args()
-    logging.basicConfig(level=logging.WARNING)
     if args.teacher is not None and args.data_dir is None:
         p.error("--teacher needs --data-dir (its cuts and token set)")
     device = _resolve_device(args.device)

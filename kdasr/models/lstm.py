@@ -52,9 +52,11 @@ class LstmModel(AcousticModel):
             bidirectional=bool(bidirectional), proj_size=proj_size, dropout=dropout,
         ))
         # kernel 3, padding 1, stride 2 -> floor((T - 1) / 2) + 1 == ceil(T / 2) frames.
+        # BatchNorm after each conv: without it the LSTM sat on the all-blank CTC plateau for epochs.
         self.convs = nn.ModuleList([
-            nn.Conv1d(num_features, conv_channels, 3, stride=2, padding=1),
-            nn.Conv1d(conv_channels, conv_channels, 3, stride=2, padding=1),
+            nn.Sequential(nn.Conv1d(c_in, conv_channels, 3, stride=2, padding=1, bias=False),
+                          nn.BatchNorm1d(conv_channels))
+            for c_in in (num_features, conv_channels)
         ])
         self.act = nn.ReLU(inplace=True)
         self.bidirectional = bool(bidirectional)

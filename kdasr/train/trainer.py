@@ -136,6 +136,7 @@ class TrainState:
     epoch_done: bool = False
     best_metric: float = float("inf")
     best_epoch: int = 0
+    best_dev_loss: float = float("inf")
     bad_epochs: int = 0
     train_seconds: float = 0.0
     history: list = field(default_factory=list)
@@ -360,9 +361,13 @@ class Trainer:
         self.state.history.append({"epoch": self.state.epoch, **epoch_stats})
         improved = metric < self.state.best_metric
         if improved:
-            self.state.best_metric, self.state.best_epoch, self.state.bad_epochs = metric, self.state.epoch, 0
-        else:
-            self.state.bad_epochs += 1
+            self.state.best_metric, self.state.best_epoch = metric, self.state.epoch
+        # Patience runs out only when neither WER nor dev loss improves: on the all-blank CTC
+        # plateau WER sits at 100% for epochs while the loss still falls.
+        loss_improved = epoch_stats.get("dev_loss", float("inf")) < self.state.best_dev_loss
+        if loss_improved:
+            self.state.best_dev_loss = epoch_stats["dev_loss"]
+        self.state.bad_epochs = 0 if improved or loss_improved else self.state.bad_epochs + 1
         self.state.epoch_done = True
         logging.info(
             "epoch %d: %s%s", self.state.epoch,
