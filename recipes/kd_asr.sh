@@ -38,7 +38,7 @@ bpe_vocab=100
 lexicon=                 # phone lexicon (default for the demo: data/lexicon.txt)
 experiments=conf/experiments.txt
 seeds=1                  # students are trained once per seed (name_seedN)
-decode_methods="greedy beam wfst"   # greedy | beam (flashlight) | wfst (TLG with an n-gram LM)
+decode_methods="greedy beam wfst"   # greedy | beam (flashlight, lexicon + n-gram LM) | wfst (TLG, same LM)
 lm_order=3               # word n-gram of the WFST graph, trained on the training transcripts
 kd_temperature=2         # temperature of the teachers' soft labels
 train_jobs=1             # experiments trained at once (each gets nproc/train_jobs threads)
@@ -271,7 +271,7 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
 fi
 
 graph_dir_file=$lang_dir/graph_dir.txt
-if [ $stage -le 7 ] && [ $stop_stage -ge 7 ] && [[ " $decode_methods " == *" wfst "* ]]; then
+if [ $stage -le 7 ] && [ $stop_stage -ge 7 ] && [[ " $decode_methods " =~ " "(beam|wfst)" " ]]; then
   log "Stage 7: TLG graph with a ${lm_order}-gram word LM on the $train_part transcripts"
   kdasr graph --lang-dir $lang_dir --lm-text $data/manifests/cuts_${train_part}.jsonl.gz \
     --order $lm_order | tail -n 1 > $graph_dir_file.tmp
@@ -286,7 +286,8 @@ if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
         out=$exp/$name/decode_${part}_${view}_${method}
         [ -f $out/decode.yaml ] && continue
         opts=""
-        [ $method = wfst ] && opts="--opt graph_dir=$(cat $graph_dir_file)"
+        # beam and wfst search the same words and LM: the graph dir has lexicon.txt and G.arpa.
+        [ $method != greedy ] && opts="--opt graph_dir=$(cat $graph_dir_file)"
         # shellcheck disable=SC2086
         kdasr decode --checkpoint $exp/$name/best.pt --lang-dir $lang_dir --method $method \
           --cuts $data/fbank/cuts_${part}_${view}.jsonl.gz --out-dir $out $opts

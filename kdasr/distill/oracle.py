@@ -14,7 +14,7 @@ import torch
 from lhotse.cut import Cut
 
 from kdasr.data.validate import cut_text
-from kdasr.distill.losses import ctc_loss_hard
+from kdasr.train.trainer import CtcObjective
 
 
 def pad_transcripts(targets: Sequence[Sequence[int]], device: Any = "cpu") -> dict:
@@ -27,24 +27,15 @@ def pad_transcripts(targets: Sequence[Sequence[int]], device: Any = "cpu") -> di
     return {"tokens": tokens.to(device), "token_lens": lens.to(device)}
 
 
-class OracleObjective:
+class OracleObjective(CtcObjective):
     """CTC with the transcript as both the teacher's input and its target.
 
     Untranscribed cuts get an empty input and no CTC term (as in
     :func:`kdasr.distill.losses.ctc_loss_hard`).
     """
 
-    def __call__(self, model: torch.nn.Module, batch: dict, step: int) -> tuple[torch.Tensor, dict]:
-        feats = batch["features"]
-        logits, out_lens = model(feats, batch["feature_lens"], **pad_transcripts(batch["targets"], feats.device))
-        loss = ctc_loss_hard(logits, out_lens, batch["targets"])
-        return loss, {"ctc": loss.detach()}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
+    def model_inputs(self, batch: dict) -> dict:
+        return pad_transcripts(batch["targets"], batch["features"].device)
 
 
 def transcript_inputs(tokenizer: Any) -> Callable[[list[Cut]], dict]:

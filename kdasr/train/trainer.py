@@ -105,8 +105,12 @@ class Objective(Protocol):
 class CtcObjective:
     """Plain CTC on the transcripts (the hard-label baseline and every teacher)."""
 
+    def model_inputs(self, batch: dict) -> dict:
+        """Keyword inputs the model reads besides the features (none; the Oracle Teacher's transcript)."""
+        return {}
+
     def __call__(self, model: torch.nn.Module, batch: dict, step: int) -> tuple[torch.Tensor, dict]:
-        logits, out_lens = model(batch["features"], batch["feature_lens"])
+        logits, out_lens = model(batch["features"], batch["feature_lens"], **self.model_inputs(batch))
         loss = ctc_loss_hard(logits, out_lens, batch["targets"])
         return loss, {"ctc": loss.detach()}
 
