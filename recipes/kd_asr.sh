@@ -8,7 +8,11 @@
 # exp/<name>/.done and is skipped on a rerun, a killed one resumes from its
 # last checkpoint. Experiments are listed in a plain file (--experiments), one
 # per line:  name  role  view  config.yaml [config.yaml ...] [key=value ...]
-# role is teacher or student; view is wb (16 kHz) or nb (8 kHz telephone).
+# role is teacher, student, or guide (a student trained with the teachers in
+# stage 4 because a teacher's config reads its archive, e.g. the Guided-CTC
+# guide); view is wb (16 kHz) or nb (8 kHz telephone). An experiment whose
+# configs read exp/<other>/softlabels starts once <other> is trained and
+# its archive written.
 set -euo pipefail
 
 # ------------------------------------------------------------------ options
@@ -102,15 +106,36 @@ train_one() {
     --set data.dev_cuts=$data/fbank/cuts_${dev_part}_${view}.jsonl.gz \
     --set data.cmvn=$data/fbank/cmvn_${view}.json \
     --set data.lang_dir=$lang_dir \
-    --set train.seed=$seed --set view=$view --set role=$role
+    --set train.seed=$seed --set view=$view --set role=${role/guide/student}
   touch "$dir/.done"
+}
+
+# dump_archive NAME: write exp/NAME/softlabels (once) on the training cuts of NAME's view.
+dump_archive() {
+  local name=$1 out=$exp/$1/softlabels view
+  [ -f $out/cuts.jsonl.gz ] && return
+  log "soft labels of $name (T=$kd_temperature), keyed by cut id"
+  view=$(sed -n 's/^view: *//p' $exp/$name/config.yaml)
+  logged JOB=1:$nj $exp/$name/log/softlabels.JOB.log \
+    kdasr soft-labels --checkpoint $exp/$name/best.pt \
+      --cuts $data/fbank/cuts_${train_part}_${view}.jsonl.gz --out-dir $out \
+      --temperature $kd_temperature --view $view --job JOB --num-jobs $nj
+  kdasr archive merge $out
+  kdasr archive info $out
+}
+
+# archive_deps CONFIG...: the experiments whose archives (exp/<name>/softlabels) the YAML files read.
+archive_deps() {
+  local f
+  for f in "$@"; do if [[ $f == *.yaml ]]; then cat "$f"; fi; done | grep -v '^\s*#' \
+    | grep -oE '(^|[^A-Za-z0-9_./-])exp/[A-Za-z0-9_.-]+/softlabels' | sed -E 's#.*exp/([^/]+)/softlabels#\1#' | sort -u
 }
 
 # Each experiment line expanded to "name role view seed configs..." (students once per seed).
 expand_experiments() {
   local name role view rest s
   while read -r name role view rest; do
-    if [ "$role" = teacher ]; then
+    if [ "$role" != student ]; then
       echo "$name $role $view 1 $rest"
     else
       for s in $seeds; do
@@ -223,11 +248,17 @@ fi
 
 # train_role ROLE: every experiment of ROLE, $train_jobs at a time.
 train_role() {
-  local want=$1 name role view seed rest running=0 failed=0
+  local want=$1 name role view seed rest dep running=0 failed=0
   local threads=$(( $(nproc) / train_jobs )); (( threads < 1 )) && threads=1
   while read -r name role view seed rest; do
-    [ "$role" = "$want" ] || continue
+    [[ $role =~ ^($want)$ ]] || continue
     if [ -f "$exp/$name/.done" ]; then log "skip $name (done)"; continue; fi
+    # shellcheck disable=SC2086
+    for dep in $(archive_deps $rest); do
+      while [ ! -f "$exp/$dep/.done" ] && (( running > 0 )); do wait -n || failed=1; running=$((running - 1)); done
+      [ -f "$exp/$dep/.done" ] || { log "$name reads the archive of $dep, which is not trained: list $dep before $name (role guide or teacher)"; exit 1; }
+      dump_archive $dep < /dev/null
+    done
     if (( train_jobs > 1 )); then
       log "train $name in the background, log: $exp/log/train_$name.log"
       # shellcheck disable=SC2086
@@ -246,22 +277,14 @@ train_role() {
 mkdir -p $exp/log
 
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
-  log "Stage 4: teachers"
-  train_role teacher
+  log "Stage 4: teachers (and their guides)"
+  train_role "guide|teacher"
 fi
 
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
-  log "Stage 5: teachers' soft labels on $train_part (T=$kd_temperature), keyed by cut id"
+  log "Stage 5: soft labels of the teachers (and guides) on $train_part"
   while read -r name role view seed rest; do
-    [ "$role" = teacher ] || continue
-    out=$exp/$name/softlabels
-    [ -f $out/cuts.jsonl.gz ] && { log "skip $name soft labels (done)"; continue; }
-    logged JOB=1:$nj $exp/$name/log/softlabels.JOB.log \
-      kdasr soft-labels --checkpoint $exp/$name/best.pt \
-        --cuts $data/fbank/cuts_${train_part}_${view}.jsonl.gz --out-dir $out \
-        --temperature $kd_temperature --view $view --job JOB --num-jobs $nj
-    kdasr archive merge $out
-    kdasr archive info $out
+    if [[ $role =~ ^(teacher|guide)$ ]]; then dump_archive $name < /dev/null; fi
   done < <(expand_experiments)
 fi
 

@@ -59,27 +59,9 @@ set -- "${args[@]}"
 parse_job_args "$@"
 
 # Runs one copy in its own session (so that a signal reaches all its
-# processes), writing the log header and footer around its output. A TERM
-# sent to the group ends the command; the trap lets the footer still be written.
+# processes) with the shared job body of lib/jobs.sh.
 # shellcheck disable=SC2016
-wrapper='
-log=$1 cmd=$2 threads=$3
-trap : TERM
-{
-  printf "# %s\n" "$cmd"
-  echo "# Running on $HOSTNAME"
-  echo "# Started at $(date)"
-  echo "#"
-} > "$log"
-exec >> "$log" 2>&1 < /dev/null
-start=$SECONDS
-bash -c "$cmd"
-rc=$?
-elapsed=$((SECONDS - start))
-echo "# Accounting: time=$elapsed threads=$threads"
-echo "# Ended (code $rc) at $(date), elapsed time $elapsed seconds"
-exit $rc
-'
+wrapper='log=$1 cmd=$2 threads=$3 where=$HOSTNAME'"$job_body"
 
 # SIGTERM to every running copy's process group, again each second (a copy
 # may have been starting its command), SIGKILL after 10 s.

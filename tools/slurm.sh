@@ -110,22 +110,9 @@ if [[ -n $var ]]; then
   cmd=${cmd//"$var"/$SLURM_ARRAY_TASK_ID}
 fi
 mkdir -p "$(dirname "$log")"
-trap : TERM
-{
-  printf '# %s\n' "$cmd"
-  echo "# Running on $HOSTNAME, Slurm job $SLURM_JOB_ID${SLURM_ARRAY_TASK_ID:+ (array job $SLURM_ARRAY_JOB_ID, task $SLURM_ARRAY_TASK_ID)}"
-  echo "# Started at $(date)"
-  echo "#"
-} > "$log"
-exec >> "$log" 2>&1 < /dev/null
-start=$SECONDS
-bash -c "$cmd"
-rc=$?
-elapsed=$((SECONDS - start))
-echo "# Accounting: time=$elapsed threads=$threads"
-echo "# Ended (code $rc) at $(date), elapsed time $elapsed seconds"
-exit $rc
+where="$HOSTNAME, Slurm job $SLURM_JOB_ID${SLURM_ARRAY_TASK_ID:+ (array job $SLURM_ARRAY_JOB_ID, task $SLURM_ARRAY_TASK_ID)}"
 EOF
+  printf '%s\n' "$job_body"
 } > "$script" || die "cannot write $script"
 
 submit_args=(--parsable --wait "--job-name=$name" "--chdir=$PWD")

@@ -114,3 +114,27 @@ job_cmd() {
 footer_code() {
   sed -n 's/^# Ended (code \([0-9]*\)).*/\1/p' "$1" 2>/dev/null | tail -n 1
 }
+
+# The body of one job, as bash source: runs $cmd with its output in $log,
+# between a header and the "# Ended (code N)" footer that job_status reads.
+# Expects $log, $cmd, $threads and $where (the text after "Running on") set.
+# A TERM sent to the job's process group ends the command; the trap lets the
+# footer still be written.
+# shellcheck disable=SC2016,SC2034  # expanded when the job runs
+job_body='
+trap : TERM
+{
+  printf "# %s\n" "$cmd"
+  echo "# Running on $where"
+  echo "# Started at $(date)"
+  echo "#"
+} > "$log"
+exec >> "$log" 2>&1 < /dev/null
+start=$SECONDS
+bash -c "$cmd"
+rc=$?
+elapsed=$((SECONDS - start))
+echo "# Accounting: time=$elapsed threads=$threads"
+echo "# Ended (code $rc) at $(date), elapsed time $elapsed seconds"
+exit $rc
+'
