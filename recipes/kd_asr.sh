@@ -131,11 +131,14 @@ archive_deps() {
     | grep -oE '(^|[^A-Za-z0-9_./-])exp/[A-Za-z0-9_.-]+/softlabels' | sed -E 's#.*exp/([^/]+)/softlabels#\1#' | sort -u
 }
 
-# Each experiment line expanded to "name role view seed configs..." (students once per seed).
+# Each experiment line expanded to "name role view seed configs..." (students once per seed;
+# a line named <name>_seedN trains once, with seed N).
 expand_experiments() {
   local name role view rest s
   while read -r name role view rest; do
-    if [ "$role" != student ]; then
+    if [[ $name =~ _seed([0-9]+)$ ]]; then
+      echo "$name $role $view ${BASH_REMATCH[1]} $rest"
+    elif [ "$role" != student ]; then
       echo "$name $role $view 1 $rest"
     else
       for s in $seeds; do

@@ -19,11 +19,11 @@ FAKE_KDASR = r"""#!/usr/bin/env bash
 set -eu
 case $1 in
   train)
-    dir="" role="" view=""
+    dir="" role="" view="" seed=""
     while (( $# )); do
       case $1 in
         --exp-dir) dir=$2; shift ;;
-        --set) case $2 in role=*) role=${2#role=} ;; view=*) view=${2#view=} ;; esac; shift ;;
+        --set) case $2 in role=*) role=${2#role=} ;; view=*) view=${2#view=} ;; train.seed=*) seed=${2#*=} ;; esac; shift ;;
       esac
       shift
     done
@@ -31,7 +31,7 @@ case $1 in
     echo "START train $name" >> "$CALLS"
     sleep "$(cat "$SLEEP_DIR/$name" 2>/dev/null || echo 0)"
     mkdir -p "$dir"
-    printf 'role: %s\nview: %s\n' "$role" "$view" > "$dir/config.yaml"
+    printf 'role: %s\nview: %s\nseed: %s\n' "$role" "$view" "$seed" > "$dir/config.yaml"
     touch "$dir/best.pt"
     echo "END train $name" >> "$CALLS"
     ;;
@@ -120,3 +120,10 @@ def test_guide_trains_once_whatever_the_seeds(recipe: Path):
     assert res.returncode == 0, res.stdout + res.stderr
     assert calls.count("START train g") == 1
     assert {c for c in calls if c.startswith("START train s")} == {"START train s_seed1", "START train s_seed2"}
+
+
+def test_a_line_named_seedN_trains_once_with_seed_N(recipe: Path):
+    res, calls = _run(recipe, "s_seed2 student wb conf/plain.yaml\n", "--seeds", "1 3")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert [c for c in calls if c.startswith("START")] == ["START train s_seed2"]
+    assert "seed: 2" in (recipe / "exp" / "s_seed2" / "config.yaml").read_text()
