@@ -298,3 +298,49 @@ def test_multistream_copies_are_checked_by_orig_id(tmp_path: Path) -> None:
     copies = [fastcopy(c, id=c.id + "#t1").with_custom("orig_id", c.id) for c in cuts]
     assert check_archive(out, copies, LANG) == []
     assert os.path.isfile(out / "cuts.jsonl.gz")
+
+
+def _spiky_archive(root: Path, cuts: CutSet, spikes: dict[int, int], teacher: str, V: int = 5) -> Path:
+    """An archive whose every cut has blank argmax except token ``spikes[t]`` at frame t."""
+    out = root / teacher
+    with SoftLabelWriter(out, meta_for(V, k=None, teacher=teacher)) as w:
+        for c in cuts:
+            n = math.ceil(c.num_frames / 4)
+            logits = np.zeros((n, V), dtype=np.float32)
+            logits[:, 0] = 3.0
+            for t, tok in spikes.items():
+                logits[t, tok] = 6.0
+            w.add(c, logits - np.log(np.exp(logits).sum(axis=1, keepdims=True)))
+    merge_jobs(out)
+    return out
+
+
+def test_spike_agreement_of_two_archives(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from kdasr.cli.main import cli
+    from kdasr.distill.archive import archive_spike_agreement
+
+    cuts = make_cuts(tmp_path, [1.0, 0.9])  # 25 and 23 output frames
+    # A spikes token 1 at frame 2 and token 2 at frame 5; B agrees on frame 2, puts token 2 one frame late,
+    # and adds a token-3 spike of its own.
+    a = _spiky_archive(tmp_path, cuts, {2: 1, 5: 2}, "a")
+    b = _spiky_archive(tmp_path, cuts, {2: 1, 6: 2, 9: 3}, "b")
+    d = archive_spike_agreement(a, b)
+    assert (d["a"], d["b"], d["cuts"], d["frames"]) == ("a", "b", 2, 48)
+    assert d["a_to_b"] == pytest.approx(1 / 2)
+    assert d["b_to_a"] == pytest.approx(1 / 3)
+    assert d["symmetric"] == pytest.approx(1 / 4)  # agree on frame 2 of 4 spiky frames, per cut
+    assert archive_spike_agreement(a, a, max_cuts=1)["symmetric"] == 1.0
+
+    res = CliRunner().invoke(cli, ["archive", "agreement", str(a), str(b)])
+    assert res.exit_code == 0, res.output
+    assert "a -> b: 0.500" in res.output and "b -> a: 0.333" in res.output and "symmetric: 0.250" in res.output
+
+    other = tmp_path / "other"
+    with SoftLabelWriter(other, ArchiveMeta(teacher="o", checkpoint="x", lang_hash="c" * 64, vocab_size=5,
+                                            temperature=2.0, k=None, view="wb")) as w:
+        w.add(cuts[0], np.full((25, 5), -math.log(5), dtype=np.float32))
+    merge_jobs(other)
+    res = CliRunner().invoke(cli, ["archive", "agreement", str(a), str(other)])
+    assert res.exit_code != 0 and "different token sets" in res.output

@@ -1,4 +1,4 @@
-"""``kdasr archive info|check|merge``: inspect, check against a student and finalize soft-label archives."""
+"""``kdasr archive info|check|merge|agreement``: inspect, check against a student, finalize and compare soft-label archives."""
 from __future__ import annotations
 
 import json
@@ -35,7 +35,7 @@ def _load_cuts(path: Path):
 
 @click.group()
 def archive() -> None:
-    """Soft-label archives (`kdasr soft-labels` output): info, check, merge."""
+    """Soft-label archives (`kdasr soft-labels` output): info, check, merge, agreement."""
 
 
 @archive.command()
@@ -120,3 +120,32 @@ def merge(archive_dir: Path) -> None:
     except ArchiveError as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"{archive_dir}: {len(cuts)} cuts merged into {archive_dir / 'cuts.jsonl.gz'}")
+
+
+@archive.command()
+@click.argument("dir_a", metavar="DIR_A", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("dir_b", metavar="DIR_B", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--max-cuts", type=click.IntRange(min=1), default=None,
+              help="Compare only the first N common cut ids (sorted) [default: all].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
+def agreement(dir_a: Path, dir_b: Path, max_cuts: Optional[int], as_json: bool) -> None:
+    """Spike agreement of two archives: do the teachers spike on the same frames?
+
+    A->B is the fraction of A's non-blank argmax frames where B's argmax is the
+    same token; symmetric is frames where both agree over frames where either
+    spikes. Low values mean frame-level KD or averaging across these models
+    mixes misaligned spikes (train one with Guided CTC, the other as guide).
+    """
+    from kdasr.distill.archive import ArchiveError, ArchiveMismatchError, archive_spike_agreement
+
+    try:
+        d = archive_spike_agreement(dir_a, dir_b, max_cuts)
+    except (ArchiveError, ArchiveMismatchError) as e:
+        raise click.ClickException(str(e)) from e
+    if as_json:
+        click.echo(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}, indent=2))
+        return
+    click.echo(f"{d['cuts']} cuts, {d['frames']} frames")
+    click.echo(f"{d['a']} -> {d['b']}: {d['a_to_b']:.3f}")
+    click.echo(f"{d['b']} -> {d['a']}: {d['b_to_a']:.3f}")
+    click.echo(f"symmetric: {d['symmetric']:.3f}")

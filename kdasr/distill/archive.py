@@ -813,6 +813,52 @@ def archive_info(archive_dir: Pathlike, cuts: Optional[Iterable[Cut]] = None) ->
     return info
 
 
+def archive_spike_agreement(dir_a: Pathlike, dir_b: Pathlike, max_cuts: Optional[int] = None) -> dict:
+    """Spike agreement of two teachers' archives on the cuts both hold (see :func:`spike_agreement`).
+
+    Why it matters: frame-level KD and frame-level averaging of teachers
+    assume the models spike on the same frames; two independently trained
+    CTC models often do not. Reports A→B and B→A (directed: A's spike frames
+    where B's argmax is the same token) and the symmetric IoU, over the
+    first ``max_cuts`` common cut ids in sorted order (all by default).
+    """
+    import torch
+
+    from kdasr.distill.losses import spike_agreement
+
+    meta_a, cuts_a = load_archive(dir_a)
+    meta_b, cuts_b = load_archive(dir_b)
+    if meta_a.vocab_size != meta_b.vocab_size or meta_a.lang_hash != meta_b.lang_hash:
+        raise ArchiveMismatchError(f"{dir_a} and {dir_b} label different token sets: spikes cannot be compared")
+    by_id_b = {c.id: c for c in cuts_b}
+    common = sorted(c.id for c in cuts_a if c.id in by_id_b)
+    if max_cuts is not None:
+        common = common[:max_cuts]
+    if not common:
+        raise ArchiveMismatchError(f"{dir_a} and {dir_b} have no cut id in common")
+    by_id_a = {c.id: c for c in cuts_a}
+    arg_a, arg_b = [], []
+    for cid in common:
+        pa, pb = load_probs(by_id_a[cid], meta_a.vocab_size), load_probs(by_id_b[cid], meta_b.vocab_size)
+        if pa.shape[0] != pb.shape[0]:
+            raise ArchiveMismatchError(f"cut {cid}: {pa.shape[0]} frames in {dir_a}, {pb.shape[0]} in {dir_b}")
+        arg_a.append(pa.argmax(axis=1))
+        arg_b.append(pb.argmax(axis=1))
+    # One long utterance of argmax one-hots: only the argmax matters to spike_agreement.
+    a = torch.nn.functional.one_hot(torch.from_numpy(np.concatenate(arg_a)), meta_a.vocab_size).unsqueeze(0)
+    b = torch.nn.functional.one_hot(torch.from_numpy(np.concatenate(arg_b)), meta_b.vocab_size).unsqueeze(0)
+    lens = torch.tensor([a.shape[1]])
+    return {
+        "a": meta_a.teacher,
+        "b": meta_b.teacher,
+        "cuts": len(common),
+        "frames": int(a.shape[1]),
+        "a_to_b": spike_agreement(a, b, lens),
+        "b_to_a": spike_agreement(b, a, lens),
+        "symmetric": spike_agreement(a, b, lens, symmetric=True),
+    }
+
+
 def _orig_id(cut: Cut) -> str:
     """The id an archive knows a cut by: ``orig_id`` for the copies multistream training makes."""
     custom = cut.custom or {}
