@@ -121,3 +121,25 @@ def test_cuda_decoder_matches_cpu(graph) -> None:
     gpu = CtcBeamDecoder(tok, device="cuda", beam_size=10)
     assert gpu.use_cuda
     assert gpu(lp.cuda(), lens.cuda()) == cpu
+
+
+def test_bpe_word_final_piece_held_over_frames_is_one_word(tmp_path) -> None:
+    """A CTC repeat without blank is one token, also at a word's end (flashlight alone would emit the word twice)."""
+    texts = ["ONE TWO THREE", "TWO THREE ONE", "THREE ONE TWO", "ONE ONE TWO", "TWO TWO"] * 4
+    tok = build_bpe_lang(texts, tmp_path / "lang", vocab_size=13)
+    graph_dir = build_graph(tmp_path / "lang", texts, order=2)
+
+    def frames(text: str, hold: int, gap: list[int]) -> list[int]:
+        out: list[int] = []
+        for word in text.split():
+            for i in tok.encode(word):
+                out += [i] * hold
+            out += gap
+        return out
+
+    held = frames("TWO ONE", hold=3, gap=[0])  # every piece held for three frames, a blank after each word
+    abutting = frames("ONE TWO THREE", hold=1, gap=[])  # no blank at all, not even between words
+    double = frames("TWO TWO", hold=2, gap=[0])  # a blank separates the two TWOs
+    lp, lens = batch([posteriors(f, tok.vocab_size) for f in (held, abutting, double)])
+    for lm in (False, True):
+        assert CtcBeamDecoder(tok, graph_dir=graph_dir, lm=lm)(lp, lens) == ["TWO ONE", "ONE TWO THREE", "TWO TWO"]

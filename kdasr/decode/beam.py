@@ -12,14 +12,16 @@ Three searches behind one call ``decoder(log_probs (B,T,V), lens (B,)) -> list[s
 Flashlight's "silence" token is the word separator of char tokens (``▁``);
 BPE pieces carry their own word boundary and phones have none, so for those
 the blank plays the silence role. Flashlight sends a finished word back to
-the trie root, where a repeat of the token on the next frame is scored as
-silence: a word-final token lasting two frames would pay a penalty. For
-char tokens each spelling therefore ends in ``▁`` (as wav2letter lexicons
-end in ``|``), so a word finishes on its separator, whose repeats are
-silence anyway; one extra frame in which ``▁`` has probability 1 closes
-the last word of each utterance (the model emits no trailing ``▁``). BPE
-and phone lexicon search keeps the limitation, small in practice because
-CTC models emit most tokens on a single frame between blanks.
+the trie root, where a repeat of its last token on the next frame is not
+merged as CTC requires: a one-token word held over two frames would be
+emitted twice, a longer one would pay a penalty. Spellings therefore end in
+a closing token, as wav2letter lexicons end in ``|``, so that repeats of a
+word's last token stay inside the word: for char tokens the separator
+``▁``, which the model emits between words; for BPE and phones, which have
+no such token, the blank, and each word keeps its plain spelling beside
+the closed one, since two words may follow each other without a blank
+between. One extra frame in which the closing token has probability 1
+ends the last word of each utterance.
 
 ``lm_weight`` is the weight of the LM's natural-log probability, the unit
 :class:`~kdasr.decode.wfst.WfstDecoder` uses, so one weight scan serves both;
@@ -87,10 +89,10 @@ class CtcBeamDecoder:
             self.lm_path = Path(lm)  # type: ignore[arg-type]
             if not self.lm_path.is_file():
                 raise FileNotFoundError(f"LM file {self.lm_path} does not exist")
-        # Char lexicon search: spellings end in the separator, and a final separator frame closes the last word.
+        # Lexicon search: spellings end in the closing token, and a final closing frame ends the last word.
         char_sep = tokenizer.kind == "char" and WORD_SEP in tokenizer.token_to_id
-        self.lexicon = lexicon = self._lexicon(char_sep)
-        self.close_words = char_sep and lexicon is not None
+        self.closing_token = WORD_SEP if char_sep else BLANK
+        self.lexicon = lexicon = self._lexicon()
         dev = torch.device(device)
         self.use_cuda = dev.type == "cuda" and lexicon is None
         if self.use_cuda:
@@ -106,15 +108,15 @@ class CtcBeamDecoder:
         self._build_flashlight(lexicon, beam_size, beam_size_token, beam_threshold, lm_weight, word_score,
                                sil_score, log_add)
 
-    def _lexicon(self, char_sep: bool) -> Optional[dict[str, list[list[str]]]]:
-        """Word → spellings (ending in ``▁`` if ``char_sep``), or None for lexicon-free search."""
+    def _lexicon(self) -> Optional[dict[str, list[list[str]]]]:
+        """Word → spellings ending in the closing token, or None for lexicon-free search."""
         if self.lexicon_path is not None:
             lexicon: dict[str, list[list[str]]] = {}
             for line in self.lexicon_path.read_text(encoding="utf-8").splitlines():
                 parts = line.split()
                 if len(parts) >= 2:
                     lexicon.setdefault(parts[0], []).append(parts[1:])
-            return _with_separator(lexicon, char_sep)
+            return self._closed(lexicon)
         if self.lm_path is not None:
             try:
                 words = arpa_words(self.lm_path)
@@ -124,8 +126,14 @@ class CtcBeamDecoder:
             if dropped:
                 logging.warning("%d words of %s cannot be spelled and are not searched, e.g. %s",
                                 len(dropped), self.lm_path, dropped[:10])
-            return _with_separator({w: [s] for w, s in spelled}, char_sep)
+            return self._closed({w: [s] for w, s in spelled})
         return None
+
+    def _closed(self, lexicon: dict[str, list[list[str]]]) -> dict[str, list[list[str]]]:
+        """Spellings ending in the closing token, plus the plain ones when that token is the blank."""
+        keep_open = self.closing_token == BLANK
+        return {w: [s + [self.closing_token] for s in spellings] + (spellings if keep_open else [])
+                for w, spellings in lexicon.items()}
 
     def _build_flashlight(self, lexicon: Optional[dict[str, list[list[str]]]], beam_size: int,
                           beam_size_token: Optional[int], beam_threshold: float, lm_weight: float,
@@ -146,7 +154,7 @@ class CtcBeamDecoder:
 
         tokens = list(self.tokenizer.tokens)
         tokens_dict = Dictionary(tokens)
-        sil_token = WORD_SEP if (self.tokenizer.kind == "char" and WORD_SEP in tokens) else BLANK
+        sil_token = self.closing_token
         n_tok = beam_size_token or len(tokens)
         fl_lm_weight = lm_weight * math.log(10.0)
         if lexicon is None:
@@ -179,8 +187,8 @@ class CtcBeamDecoder:
             return [[(self.tokenizer.decode(h.tokens), float(h.score)) for h in utt] for utt in hyps]
         lp = log_probs.detach().to("cpu", torch.float32)
         lengths = lens.detach().to("cpu", torch.int32)
-        if self.close_words:
-            lp, lengths = self._append_separator_frame(lp, lengths)
+        if self.lexicon is not None:
+            lp, lengths = self._append_closing_frame(lp, lengths)
         hyps = self.decoder(lp.contiguous(), lengths)
         out = []
         for utt in hyps:
@@ -193,22 +201,15 @@ class CtcBeamDecoder:
     def __call__(self, log_probs: "torch.Tensor", lens: "torch.Tensor") -> list[str]:
         return [utt[0][0] for utt in self.hypotheses(log_probs, lens)]
 
-    def _append_separator_frame(self, lp: "torch.Tensor", lengths: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
-        """Put a frame where ``▁`` has log-prob 0 (all else -1e4) right after each utterance's last frame."""
+    def _append_closing_frame(self, lp: "torch.Tensor", lengths: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+        """Put a frame where the closing token has log-prob 0 (all else -1e4) right after each utterance's last frame."""
         import torch
 
         B, T, V = lp.shape
         out = torch.full((B, T + 1, V), -1e4, dtype=torch.float32)
         out[:, :T] = lp
-        sep = self.tokenizer.token_to_id[WORD_SEP]
+        close = self.tokenizer.token_to_id[self.closing_token]
         for b, n in enumerate(lengths.tolist()):
             out[b, n] = -1e4  # frame n may hold padding copied from lp
-            out[b, n, sep] = 0.0
+            out[b, n, close] = 0.0
         return out, lengths + 1
-
-
-def _with_separator(lexicon: dict[str, list[list[str]]], char_sep: bool) -> dict[str, list[list[str]]]:
-    """Char spellings end in ``▁`` (see the module notes); others are unchanged."""
-    if not char_sep:
-        return lexicon
-    return {w: [s + [WORD_SEP] for s in spellings] for w, spellings in lexicon.items()}
