@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CI test run (.ci/run calls it): installs kdasr with its test extras,
+# The CI test run (.ci/run calls it): installs kdasr with its test and export extras,
 # starts a one-node Slurm cluster for tests/test_slurm.py (which skips, saying
 # why, when Slurm cannot run here), runs pytest, and stops the cluster.
 #
@@ -8,7 +8,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
-PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q -e '.[test]' || { echo "ci_tests.sh: pip install failed" >&2; exit 1; }
+PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q -e '.[dev]' || { echo "ci_tests.sh: pip install failed" >&2; exit 1; }
 
 bash tools/ci_slurm_setup.sh \
   || echo "slurm setup failed: the Slurm tests will skip and give the reason" >&2
