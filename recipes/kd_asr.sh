@@ -45,7 +45,7 @@ seeds=1                  # students are trained once per seed (name_seedN)
 decode_methods="greedy beam wfst"   # greedy | beam (flashlight, lexicon + n-gram LM) | wfst (TLG, same LM)
 lm_order=3               # word n-gram of the WFST graph, trained on the training transcripts
 kd_temperature=2         # temperature of the teachers' soft labels
-train_jobs=1             # experiments trained at once (each gets nproc/train_jobs threads)
+train_jobs=1             # experiments trained (and decoded) at once, each with nproc/train_jobs threads
 train_overrides=         # key=value words added to every experiment, e.g. "train.epochs=2"
 train_launcher=          # prefix of `kdasr train`, e.g. "torchrun --standalone --nproc-per-node 4 --no-python"
                          # (multi-GPU DDP) or "tools/slurm_torchrun.sh --nodes 2 --gpu 4 exp/log/train.log"
@@ -116,7 +116,9 @@ dump_archive() {
   [ -f $out/cuts.jsonl.gz ] && return
   log "soft labels of $name (T=$kd_temperature), keyed by cut id"
   view=$(sed -n 's/^view: *//p' $exp/$name/config.yaml)
-  logged JOB=1:$nj $exp/$name/log/softlabels.JOB.log \
+  # nproc/nj threads per dump job, one beside running trainings.
+  local threads=$(( pool_running > 0 ? 1 : $(nproc) / nj )); (( threads < 1 )) && threads=1
+  OMP_NUM_THREADS=$threads logged JOB=1:$nj $exp/$name/log/softlabels.JOB.log \
     kdasr soft-labels --checkpoint $exp/$name/best.pt \
       --cuts $data/fbank/cuts_${train_part}_${view}.jsonl.gz --out-dir $out \
       --temperature $kd_temperature --view $view --job JOB --num-jobs $nj
@@ -249,33 +251,52 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   fi
 fi
 
-# train_role ROLE: every experiment of ROLE, $train_jobs at a time.
+# A pool of background jobs, $train_jobs at a time with nproc/train_jobs threads each: the
+# trainings of stages 4 and 6 and the decodes of stage 8. The pool is not emptied between
+# stages: what needs an experiment waits for that experiment alone (wait_trained), so a
+# student starts on a core a slower teacher leaves idle and decoding starts beside the last
+# students. With train_jobs=1 a job runs in the foreground, its output on the terminal.
+pool_running=0
+pool_failed=0
+pool_threads=$(( $(nproc) / train_jobs )); (( pool_threads < 1 )) && pool_threads=1
+pool_wait_one() { wait -n || pool_failed=1; pool_running=$((pool_running - 1)); }
+# pool_add LOG COMMAND...: run COMMAND (a function or a program), its output in LOG.
+pool_add() {
+  local out=$1; shift
+  if (( train_jobs > 1 )); then
+    OMP_NUM_THREADS=$pool_threads "$@" < /dev/null > "$out" 2>&1 &
+    pool_running=$((pool_running + 1))
+    if (( pool_running >= train_jobs )); then pool_wait_one; fi
+  else
+    "$@"
+  fi
+}
+# wait_trained NAME: wait until exp/NAME is trained or nothing runs; false if it never was.
+wait_trained() {
+  while [ ! -f "$exp/$1/.done" ] && (( pool_running > 0 )); do pool_wait_one; done
+  [ -f "$exp/$1/.done" ]
+}
+# pool_drain: wait for every job; stop the recipe if one failed.
+pool_drain() {
+  while (( pool_running > 0 )); do pool_wait_one; done
+  (( pool_failed == 0 )) || { log "some jobs failed; see $exp/log/train_*.log and $exp/log/decode_*.log"; exit 1; }
+}
+
+# train_role ROLE: every experiment of ROLE, through the pool.
 train_role() {
-  local want=$1 name role view seed rest dep running=0 failed=0
-  local threads=$(( $(nproc) / train_jobs )); (( threads < 1 )) && threads=1
+  local want=$1 name role view seed rest dep
   while read -r name role view seed rest; do
     [[ $role =~ ^($want)$ ]] || continue
     if [ -f "$exp/$name/.done" ]; then log "skip $name (done)"; continue; fi
     # shellcheck disable=SC2086
     for dep in $(archive_deps $rest); do
-      while [ ! -f "$exp/$dep/.done" ] && (( running > 0 )); do wait -n || failed=1; running=$((running - 1)); done
-      [ -f "$exp/$dep/.done" ] || { log "$name reads the archive of $dep, which is not trained: list $dep before $name (role guide or teacher)"; exit 1; }
+      wait_trained $dep || { log "$name reads the archive of $dep, which is not trained: list $dep before $name (role guide or teacher)"; exit 1; }
       dump_archive $dep < /dev/null
     done
-    if (( train_jobs > 1 )); then
-      log "train $name in the background, log: $exp/log/train_$name.log"
-      # shellcheck disable=SC2086
-      OMP_NUM_THREADS=$threads train_one $name $role $view $seed $rest \
-        > $exp/log/train_$name.log 2>&1 &
-      running=$((running + 1))
-      if (( running >= train_jobs )); then wait -n || failed=1; running=$((running - 1)); fi
-    else
-      # shellcheck disable=SC2086
-      train_one $name $role $view $seed $rest
-    fi
+    (( train_jobs > 1 )) && log "train $name in the background, log: $exp/log/train_$name.log"
+    # shellcheck disable=SC2086
+    pool_add $exp/log/train_$name.log train_one $name $role $view $seed $rest
   done < <(expand_experiments)
-  while (( running > 0 )); do wait -n || failed=1; running=$((running - 1)); done
-  (( failed == 0 )) || { log "some $want training failed; see $exp/log/train_*.log"; exit 1; }
 }
 mkdir -p $exp/log
 
@@ -285,9 +306,10 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
 fi
 
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
-  log "Stage 5: soft labels of the teachers (and guides) on $train_part"
+  # A teacher still training is archived when a student needs it, or after the last stage.
+  log "Stage 5: soft labels of the trained teachers (and guides) on $train_part"
   while read -r name role view seed rest; do
-    if [[ $role =~ ^(teacher|guide)$ ]]; then dump_archive $name < /dev/null; fi
+    if [[ $role =~ ^(teacher|guide)$ ]] && [ -f $exp/$name/.done ]; then dump_archive $name < /dev/null; fi
   done < <(expand_experiments)
 fi
 
@@ -311,14 +333,24 @@ if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
       for method in $decode_methods; do
         out=$exp/$name/decode_${part}_${view}_${method}
         [ -f $out/decode.yaml ] && continue
+        wait_trained $name || { log "$name is not trained: not decoded"; pool_failed=1; continue 3; }
         opts=""
         # beam and wfst search the same words and LM: the graph dir has lexicon.txt and G.arpa.
         [ $method != greedy ] && opts="--opt graph_dir=$(cat $graph_dir_file)"
+        (( train_jobs > 1 )) && log "decode $name $part $method, log: $exp/log/decode_${name}_${part}_$method.log"
         # shellcheck disable=SC2086
-        kdasr decode --checkpoint $exp/$name/best.pt --lang-dir $lang_dir --method $method \
-          --cuts $data/fbank/cuts_${part}_${view}.jsonl.gz --out-dir $out $opts
+        pool_add $exp/log/decode_${name}_${part}_$method.log \
+          kdasr decode --checkpoint $exp/$name/best.pt --lang-dir $lang_dir --method $method \
+            --cuts $data/fbank/cuts_${part}_${view}.jsonl.gz --out-dir $out $opts
       done
     done
+  done < <(expand_experiments)
+fi
+
+pool_drain
+if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
+  while read -r name role view seed rest; do
+    if [[ $role =~ ^(teacher|guide)$ ]]; then dump_archive $name < /dev/null; fi
   done < <(expand_experiments)
 fi
 

@@ -25,6 +25,7 @@ F, V = 13, 7
 
 TINY = {
     "vgg": {"name": "vgg", "channels": [4, 8], "hidden": 16, "num_layers": 1},
+    "vgg_dilated": {"name": "vgg", "channels": [4, 8], "hidden": 16, "num_layers": 2, "context": 3, "dilations": [1, 4]},
     "lstm": {"name": "lstm", "conv_channels": 8, "hidden": 8, "num_layers": 2},
     "lstm_uni_proj": {"name": "lstm", "conv_channels": 8, "hidden": 8, "num_layers": 2,
                       "bidirectional": False, "proj_size": 4},
@@ -67,6 +68,8 @@ def test_registry_lists_and_rejects():
         build_model({"name": "cnn", "widht": 3}, F, V)
     with pytest.raises(ValueError, match="kernel_size must be odd"):
         build_model({"name": "cnn", "kernel_size": 4}, F, V)
+    with pytest.raises(ValueError, match=r"dilations \[1\] must give one value >= 1 per temporal layer \(num_layers=2\)"):
+        build_model({"name": "vgg", "num_layers": 2, "dilations": [1]}, F, V)
 
 
 @pytest.mark.parametrize("key", sorted(TINY))
@@ -185,7 +188,7 @@ def test_macs_hand_count():
 
 
 # torch's counter misses fused (oneDNN) LSTM kernels, so it checks the conv/linear models only.
-@pytest.mark.parametrize("key", ["vgg", "cnn", "cnn_plain_ln"])
+@pytest.mark.parametrize("key", ["vgg", "vgg_dilated", "cnn", "cnn_plain_ln"])
 def test_macs_match_torch_flop_counter(key):
     model = _tiny(key).eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():

@@ -1,4 +1,4 @@
-"""The pipeline's ordering logic (recipes/kd_asr.sh stages 4-6), with a stand-in `kdasr`.
+"""The pipeline's ordering logic (recipes/kd_asr.sh stages 4-6 and 8), with a stand-in `kdasr`.
 
 The stand-in records each call and writes what the real command would leave
 behind (checkpoint, config, archive), so these tests check which experiment
@@ -42,6 +42,19 @@ case $1 in
     ;;
   archive)
     if [ "$2" = merge ]; then : > "$3/cuts.jsonl.gz"; fi
+    ;;
+  decode)
+    ckpt="" method="" out=""
+    while (( $# )); do
+      case $1 in --checkpoint) ckpt=$2 ;; --method) method=$2 ;; --out-dir) out=$2 ;; esac
+      shift
+    done
+    what="$(basename "$(dirname "$ckpt")") $method"
+    echo "START decode $what threads=${OMP_NUM_THREADS:-unset}" >> "$CALLS"
+    sleep 0.5
+    [ "$what" = "bad greedy" ] && exit 3
+    mkdir -p "$out" && touch "$out/decode.yaml"
+    echo "END decode $what" >> "$CALLS"
     ;;
 esac
 """
@@ -127,3 +140,63 @@ def test_a_line_named_seedN_trains_once_with_seed_N(recipe: Path):
     assert res.returncode == 0, res.stdout + res.stderr
     assert [c for c in calls if c.startswith("START")] == ["START train s_seed2"]
     assert "seed: 2" in (recipe / "exp" / "s_seed2" / "config.yaml").read_text()
+
+
+DECODED = "a teacher wb conf/plain.yaml\nbad student wb conf/plain.yaml\ns student nb conf/plain.yaml\n"
+
+
+def _decode(egs: Path, experiments: str, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    for name in ("a", "bad", "s", "fixed"):
+        (egs / "exp" / name).mkdir(parents=True, exist_ok=True)
+        (egs / "exp" / name / ".done").touch()
+    (egs / "data" / "lang_char").mkdir(parents=True, exist_ok=True)
+    (egs / "data" / "lang_char" / "graph_dir.txt").write_text("data/lang_char/graph\n")
+    return _run(egs, experiments, "--stage", "8", "--stop-stage", "8", "--decode-methods", "greedy beam", *args)
+
+
+def test_decodes_run_train_jobs_at_a_time_and_a_failure_stops_the_recipe(recipe: Path):
+    res, calls = _decode(recipe, DECODED, "--train-jobs", "2")
+    assert res.returncode != 0
+    assert "some jobs failed; see exp/log/train_*.log and exp/log/decode_*.log" in res.stdout
+    starts = [c for c in calls if c.startswith("START")]
+    assert len(starts) == 6, "a failed decode stopped the others"
+    assert {c.split("threads=")[1] for c in starts} == {str(max(1, os.cpu_count() // 2))}
+    # Two at a time: the second starts before the first ends, the third only after one ended.
+    assert calls.index(starts[1]) < calls.index("END decode a greedy") < calls.index(starts[2])
+    assert (recipe / "exp" / "s" / "decode_test_nb_beam" / "decode.yaml").exists()
+    assert "decode_test_wb_greedy" not in os.listdir(recipe / "exp" / "bad")
+    # A rerun decodes only what is missing.
+    res, rerun = _decode(recipe, DECODED.replace("bad", "fixed"), "--train-jobs", "2")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert sorted(c.split(" threads")[0] for c in rerun[len(calls):] if c.startswith("START")) == [
+        "START decode fixed beam", "START decode fixed greedy"]
+
+
+def test_one_train_job_decodes_in_the_foreground(recipe: Path):
+    res, calls = _decode(recipe, "a teacher wb conf/plain.yaml\n")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert calls == ["START decode a greedy threads=unset", "END decode a greedy",
+                     "START decode a beam threads=unset", "END decode a beam"]
+
+
+def test_the_pool_runs_on_across_stages(recipe: Path):
+    # b is slow: s (hard labels) takes the core a leaves, and a's decode the core s leaves,
+    # while b still trains; b is archived once trained (stage 5's deferred work) and decoded.
+    res, calls = _run(recipe, "a teacher wb conf/plain.yaml\nb teacher wb conf/plain.yaml\ns student wb conf/plain.yaml\n",
+                      "--train-jobs", "2", "--stop-stage", "8", "--decode-methods", "greedy", sleeps={"b": 4})
+    assert res.returncode == 0, res.stdout + res.stderr
+    order = {c.split(" threads")[0]: i for i, c in enumerate(calls)}
+    assert order["END train a"] < order["soft-labels a"] < order["START train s"] < order["END train b"]
+    assert order["END train s"] < order["START decode a greedy"] < order["END train b"]
+    assert order["END train b"] < order["START decode b greedy"]
+    assert order["END train b"] < order["soft-labels b"]
+
+
+def test_a_failed_training_is_not_decoded_and_stops_the_recipe(recipe: Path):
+    res, calls = _run(recipe, "a teacher wb conf/plain.yaml\nx student wb conf/plain.yaml\n",
+                      "--train-jobs", "2", "--stop-stage", "8", "--decode-methods", "greedy", sleeps={"x": "oops"})
+    assert res.returncode != 0
+    assert "x is not trained: not decoded" in res.stdout
+    assert "some jobs failed" in res.stdout
+    assert any(c.startswith("START decode a greedy") for c in calls)
+    assert not any(c.startswith("START decode x") for c in calls)

@@ -2,7 +2,8 @@
 
 The 3x3 blocks see only ~0.15 s; CTC over characters needs word-sized
 context to spell, so the layers after the blocks are residual 1-D
-convolutions over time (``context`` frames at 25 Hz each) rather than
+convolutions over time (``context`` frames at 25 Hz each, optionally
+dilated so the stack sees whole words at no extra cost) rather than
 frame-wise dense layers; each is batch-normalised, without which the
 residual stack trained three times slower on the demo corpus.
 
@@ -61,6 +62,7 @@ class VggModel(AcousticModel):
         hidden: int = 512,
         num_layers: int = 2,
         context: int = 5,
+        dilations: Optional[Sequence[int]] = None,
         dropout: float = 0.1,
     ) -> None:
         channels = [int(c) for c in channels]
@@ -73,9 +75,12 @@ class VggModel(AcousticModel):
             raise ValueError(f"num_layers must be >= 0, got {num_layers}")
         if context < 1 or context % 2 == 0:
             raise ValueError(f"context must be a positive odd number of frames, got {context}")
+        dilations = [1] * num_layers if dilations is None else [int(d) for d in dilations]
+        if len(dilations) != num_layers or min(dilations, default=1) < 1:
+            raise ValueError(f"dilations {dilations} must give one value >= 1 per temporal layer (num_layers={num_layers})")
         super().__init__(num_features, vocab_size, cmvn, dict(
             channels=channels, convs_per_block=convs_per_block if isinstance(convs_per_block, int) else per_block,
-            hidden=hidden, num_layers=num_layers, context=context, dropout=dropout,
+            hidden=hidden, num_layers=num_layers, context=context, dilations=dilations, dropout=dropout,
         ))
         blocks, c_in, freq = [], 1, num_features
         for c, n in zip(channels, per_block):
@@ -84,9 +89,9 @@ class VggModel(AcousticModel):
         self.blocks = nn.ModuleList(blocks)
         self.proj = nn.Sequential(nn.Linear(c_in * freq, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
         self.temporal = nn.ModuleList(
-            nn.Sequential(nn.Conv1d(hidden, hidden, context, padding=context // 2, bias=False),
+            nn.Sequential(nn.Conv1d(hidden, hidden, context, padding=d * (context // 2), dilation=d, bias=False),
                           nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
-            for _ in range(num_layers)
+            for d in dilations
         )
         self.output = nn.Linear(hidden, vocab_size)
 
