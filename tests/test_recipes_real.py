@@ -133,6 +133,25 @@ def test_experiment_configs_build(experiments: str) -> None:
                 assert t["name"] in teachers and t["archive"] == f"exp/{t['name']}/softlabels", name
 
 
+DEMO_LISTS = sorted(p.name for p in (REPO / "egs" / "demo" / "conf").glob("experiments*.txt"))
+
+
+@pytest.mark.parametrize("experiments", DEMO_LISTS)
+def test_demo_experiment_lists(experiments: str) -> None:
+    """The demo's lists: configs merge, and every archive read is a teacher's or guide's of some list."""
+    from kdasr.config import load_config
+    from kdasr.distill.strategies import KD_DEFAULTS
+
+    conf = REPO / "egs" / "demo" / "conf"
+    archived = {name for f in DEMO_LISTS for name, role, *_ in experiment_lines(conf / f) if role in ("teacher", "guide")}
+    for name, role, view, *rest in experiment_lines(conf / experiments):
+        assert role in ("teacher", "student", "guide") and view in ("wb", "nb"), name
+        cfg = load_config([conf.parent / w for w in rest if "=" not in w], [w for w in rest if "=" in w])
+        assert cfg["model"]["name"], name
+        for t in cfg.get("kd", {}).get("teachers", []):
+            assert set(cfg["kd"]) <= set(KD_DEFAULTS) and t["name"] in archived, name
+
+
 # ------------------------------------------------------------------ Aurora-4
 
 
