@@ -126,6 +126,17 @@ dump_archive() {
   kdasr archive info $out
 }
 
+# dump_teacher_archives [--trained]: the archive of every teacher and guide of the list
+# (with --trained, of those already trained only).
+dump_teacher_archives() {
+  local name role view seed rest
+  while read -r name role view seed rest; do
+    [[ $role =~ ^(teacher|guide)$ ]] || continue
+    if [ "${1:-}" = --trained ] && [ ! -f $exp/$name/.done ]; then continue; fi
+    dump_archive $name < /dev/null
+  done < <(expand_experiments)
+}
+
 # archive_deps CONFIG...: the experiments whose archives (exp/<name>/softlabels) the YAML files read.
 archive_deps() {
   local f
@@ -308,9 +319,7 @@ fi
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   # A teacher still training is archived when a student needs it, or after the last stage.
   log "Stage 5: soft labels of the trained teachers (and guides) on $train_part"
-  while read -r name role view seed rest; do
-    if [[ $role =~ ^(teacher|guide)$ ]] && [ -f $exp/$name/.done ]; then dump_archive $name < /dev/null; fi
-  done < <(expand_experiments)
+  dump_teacher_archives --trained
 fi
 
 if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
@@ -348,11 +357,7 @@ if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
 fi
 
 pool_drain
-if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
-  while read -r name role view seed rest; do
-    if [[ $role =~ ^(teacher|guide)$ ]]; then dump_archive $name < /dev/null; fi
-  done < <(expand_experiments)
-fi
+if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then dump_teacher_archives; fi
 
 if [ $stage -le 9 ] && [ $stop_stage -ge 9 ]; then
   log "Stage 9: results table of every experiment in $exp (this file's first)"
