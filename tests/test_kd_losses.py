@@ -14,6 +14,7 @@ from kdasr.distill.losses import (
     guide_mask,
     guided_ctc_loss,
     kd_loss_total,
+    mix_nbest,
     seq_kd_loss,
     seq_kd_targets,
     spike_agreement,
@@ -144,6 +145,22 @@ def test_seq_kd_loss_is_weighted_ctc() -> None:
     assert one(1, []) == pytest.approx(-float(lp[1, :3, 0].sum()), rel=1e-5)  # empty hyp: all blanks
     assert float(seq_kd_loss(logits, lens, nb, reduction="sum")) == pytest.approx(want, rel=1e-5)
     assert float(seq_kd_loss(logits, lens, nb)) == pytest.approx(want / 2, rel=1e-5)
+
+
+def test_mix_nbest_hand_computed() -> None:
+    a = [[([1, 2], 0.8), ([1], 0.2)], [([3], 1.0)]]
+    b = [[([1], 1.0)], [([], 1.0)]]
+    got = mix_nbest([a, b], [3.0, 1.0])
+    # utt 0: [1 2] .75*.8=.6, [1] .75*.2+.25=.4; utt 1: [3] .75, [] .25
+    assert [h for h, _ in got[0]] == [[1, 2], [1]] and [w for _, w in got[0]] == pytest.approx([0.6, 0.4])
+    assert [h for h, _ in got[1]] == [[3], []] and [w for _, w in got[1]] == pytest.approx([0.75, 0.25])
+    assert mix_nbest([a, a], [1.0, 1.0]) == a
+    with pytest.raises(ValueError, match="weights"):
+        mix_nbest([a, b], [1.0])
+    with pytest.raises(ValueError, match="utterances"):
+        mix_nbest([a, b[:1]], [1.0, 1.0])
+    with pytest.raises(ValueError, match=">= 0"):
+        mix_nbest([a, b], [1.0, -1.0])
 
 
 def test_guided_ctc_mask_and_loss() -> None:

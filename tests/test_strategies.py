@@ -11,6 +11,7 @@ from lhotse import CutSet, Features, LilcomChunkyWriter, MonoCut, SupervisionSeg
 from lhotse.utils import compute_num_frames
 
 from kdasr.config import ConfigError
+from kdasr.distill.align import align_to_anchor
 from kdasr.distill.archive import ArchiveMeta, ArchiveMismatchError, SoftLabelWriter
 from kdasr.distill.strategies import (
     KDObjective,
@@ -188,6 +189,54 @@ def test_kd_targets_each_strategy(setup) -> None:
 
     with pytest.raises(ArchiveMismatchError, match=r"utt-0: teacher A has 5 frames, the student 6"):
         single.targets_for_batch(cl, [6, 3], 0)
+
+
+def test_align_spikes_retimes_the_other_teachers_before_combining(setup) -> None:
+    cuts, teachers, dists = setup
+    cl = list(cuts)
+    nf = torch.tensor([5, 3])
+    refs = [[1, 2], []]  # cut 1 untranscribed: its anchor's best path is aligned
+    kd = KDTargets(kd_cfg(teachers, combine="average", align_spikes=True), cuts, LANG)
+    got = kd.targets_for_batch(cl, nf, 0, ref_targets=refs).numpy()
+    for i, c in enumerate(cl):
+        a, b = dists["A", c.id], dists["B", c.id]
+        want = (a + align_to_anchor(a, b, refs[i])) / 2
+        np.testing.assert_allclose(got[i, : len(a)], want, rtol=3e-3, atol=1e-5)
+    assert not np.allclose(got[0, :5], (dists["A", "utt-0"] + dists["B", "utt-0"]) / 2, atol=1e-3)
+    # switch: the anchor's own labels are never moved, the other's are
+    sw = KDTargets(kd_cfg(teachers, combine="switch", align_spikes=True), cuts, LANG)
+    np.testing.assert_allclose(sw.targets_for_batch(cl, nf, 0, refs).numpy()[0], dists["A", "utt-0"], rtol=3e-3)
+    np.testing.assert_allclose(sw.targets_for_batch(cl, nf, 1, refs).numpy()[0],
+                               align_to_anchor(dists["A", "utt-0"], dists["B", "utt-0"], [1, 2]), rtol=3e-3)
+    with pytest.raises(ConfigError, match="two"):
+        KDTargets(kd_cfg(teachers[:1], align_spikes=True), cuts, LANG)
+
+
+def test_seq_average_mixes_each_teachers_best_path(setup) -> None:
+    """seq + weighted: every teacher's own best path at its weight, not the best path of the mean distribution."""
+    cuts, teachers, dists = setup
+    cl = list(cuts)
+    nf = torch.tensor([5, 3])
+
+    def best_path(p: np.ndarray) -> list[int]:
+        out, prev = [], None
+        for k in p.argmax(-1).tolist():
+            if k != prev and k != 0:
+                out.append(k)
+            prev = k
+        return out
+
+    kd = KDTargets(kd_cfg(teachers, combine="weighted", strategy="seq"), cuts, LANG)
+    got = kd.seq_targets(cl, nf, 0, [[1], [1]])
+    for i, c in enumerate(cl):
+        a, b = best_path(dists["A", c.id]), best_path(dists["B", c.id])
+        want = [(a, 1.0)] if a == b else [(a, 0.75), (b, 0.25)]
+        assert [h for h, _ in got[i]] == [h for h, _ in want]
+        assert [w for _, w in got[i]] == pytest.approx([w for _, w in want])
+    assert any(len(x) == 2 for x in got)  # the fixture's teachers disagree somewhere
+    assert kd.last_teachers == ["weighted", "weighted"]
+    single = KDTargets(kd_cfg(teachers[:1], strategy="seq"), cuts, LANG)
+    assert single.seq_targets(cl, nf, 0, [[1], [1]]) == [[(best_path(dists["A", c.id]), 1.0)] for c in cl]
 
 
 @pytest.mark.parametrize("strategy", ["frame-kl", "seq", "guided"])

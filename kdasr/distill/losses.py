@@ -169,7 +169,8 @@ def kd_loss_total(ctc: torch.Tensor, kd: torch.Tensor, lam: float) -> torch.Tens
 # --------------------------------------------------------------------------- sequence-level KD
 
 
-def _collapse(path: Sequence[int], blank_id: int) -> list[int]:
+def ctc_collapse(path: Sequence[int], blank_id: int) -> list[int]:
+    """A frame path's transcript: repeats merged, blanks removed."""
     out: list[int] = []
     prev = None
     for t in path:
@@ -261,7 +262,7 @@ def seq_kd_targets(
     if nbest == 1:
         best = p.argmax(dim=-1).tolist()
         for b, n in enumerate(lens_l):
-            out.append([(_collapse(best[b][:n], blank_id), 1.0)])
+            out.append([(ctc_collapse(best[b][:n], blank_id), 1.0)])
         return out
     logp = torch.log(p.clamp(min=1e-30)).numpy().astype(np.float64)
     for b, n in enumerate(lens_l):
@@ -270,6 +271,33 @@ def seq_kd_targets(
         w = np.exp(scores - scores.max())
         w = w / w.sum()
         out.append([(h, float(wi)) for (h, _), wi in zip(hyps, w)])
+    return out
+
+
+def mix_nbest(per_teacher: Sequence[NBestList], weights: Sequence[float]) -> NBestList:
+    """The teachers' mixture at the sequence level: each teacher's n-best scaled by its weight, identical transcripts merged.
+
+    Averaging CTC teachers frame by frame mixes spikes that sit on different
+    frames; their transcripts carry no frame positions, so a mixture of
+    hypotheses is alignment-free. Weights are normalised to sum to 1, so
+    every utterance's merged list sums to 1 as well; order: by weight, ties
+    in first-seen order.
+    """
+    if len(per_teacher) != len(weights) or not per_teacher:
+        raise ValueError(f"{len(per_teacher)} teachers' n-best lists for {len(weights)} weights")
+    total = float(sum(weights))
+    if total <= 0 or any(w < 0 for w in weights):
+        raise ValueError(f"teacher weights must be >= 0 with a positive sum, got {list(weights)}")
+    sizes = {len(lists) for lists in per_teacher}
+    if len(sizes) != 1:
+        raise ValueError(f"teachers' n-best lists cover different numbers of utterances: {sorted(sizes)}")
+    out: NBestList = []
+    for utt in zip(*per_teacher):
+        merged: dict[tuple[int, ...], float] = {}
+        for lst, tw in zip(utt, weights):
+            for h, w in lst:
+                merged[tuple(h)] = merged.get(tuple(h), 0.0) + w * tw / total
+        out.append([(list(h), w) for h, w in sorted(merged.items(), key=lambda kv: -kv[1])])
     return out
 
 

@@ -9,7 +9,11 @@ Multi-teacher strategies (``kd.combine``):
 - ``multistream`` (Fukuda et al. 2017): each teacher's labels become a
   separate copy of the utterance in the epoch (:func:`multistream_cuts`).
 - ``average`` / ``weighted`` (Hinton et al. 2015): the (weighted)
-  arithmetic mean of the teachers' distributions.
+  arithmetic mean of the teachers' distributions; with ``seq`` the mean is
+  taken over their transcripts instead (:func:`mix_nbest`), which needs no
+  frame alignment between the teachers. ``align_spikes`` instead moves
+  every other teacher's frames onto the first teacher's spike timing
+  (:mod:`kdasr.distill.align`) before any combination.
 - ``best``: per utterance, the teacher whose labels give the lowest CTC loss
   on the reference transcript.
 
@@ -33,6 +37,7 @@ from lhotse import CutSet
 from lhotse.cut import Cut
 
 from kdasr.config import ConfigError
+from kdasr.distill.align import align_to_anchor
 from kdasr.distill.archive import (
     FRAME_SHIFT,
     ArchiveMeta,
@@ -44,10 +49,12 @@ from kdasr.distill.archive import (
 )
 from kdasr.distill.losses import (
     REDUCTIONS,
+    NBestList,
     ctc_loss_hard,
     frame_kl,
     guided_ctc_loss,
     kd_loss_total,
+    mix_nbest,
     seq_kd_loss,
     seq_kd_targets,
 )
@@ -74,6 +81,7 @@ KD_DEFAULTS: dict = {
     "guide_weight": 1.0,
     "reduction": "utterance",
     "blank_id": 0,
+    "align_spikes": False,  # re-time every other teacher's labels onto the first teacher's spikes
 }
 
 
@@ -336,6 +344,7 @@ class KDTargets:
           beam: 8
           guide_weight: 1.0           # guided: weight of the guide term
           reduction: utterance        # utterance | frame | sum (see kdasr.distill.losses)
+          align_spikes: false         # re-time the other teachers onto the first one's spikes (kdasr.distill.align)
 
     On construction every archive is checked against ``student_cuts`` and
     ``lang_hash`` (every cut present, frame counts, token set, frame
@@ -373,6 +382,9 @@ class KDTargets:
             raise ConfigError(f"kd.combine must be one of {COMBINES}, got {combine!r}")
         if combine == "single" and len(teachers_cfg) != 1:
             raise ConfigError(f"kd.combine single needs exactly one teacher, got {len(teachers_cfg)}")
+        if c["align_spikes"] and len(teachers_cfg) < 2:
+            raise ConfigError("kd.align_spikes re-times teachers onto the first one: it needs at least two")
+        self.align_spikes = bool(c["align_spikes"])
         self.combine = combine
         self.strategy = c["strategy"]
         self.blank_id = int(c["blank_id"])
@@ -438,6 +450,13 @@ class KDTargets:
             )
         return load_probs(arch, self.vocab_size)
 
+    def _labels(self, teacher: _Teacher, cut: Cut, frames: int, ref: Optional[Sequence[int]]) -> np.ndarray:
+        """A teacher's labels for a cut; under ``align_spikes`` re-timed onto the first teacher's spikes."""
+        probs = self._teacher_probs(teacher, cut, frames)
+        if not self.align_spikes or teacher is self.teachers[0]:
+            return probs
+        return align_to_anchor(self._teacher_probs(self.teachers[0], cut, frames), probs, ref, self.blank_id)
+
     def _stack(self, per_cut: list[np.ndarray], T: int, device: Optional[torch.device]) -> torch.Tensor:
         out = torch.zeros(len(per_cut), T, self.vocab_size, dtype=torch.float32)
         for i, p in enumerate(per_cut):
@@ -457,7 +476,8 @@ class KDTargets:
         ``num_frames`` are the student's output lengths (``out_lens``), one
         per cut; each must equal the archive's frame count. ``step`` picks
         the teacher under ``switch``; ``ref_targets`` (the batch's token ids)
-        are needed by ``best``. Padded frames are all-zero rows, which every
+        are needed by ``best``, and under ``align_spikes`` they are the
+        sequences aligned (else each cut's first-teacher best path). Padded frames are all-zero rows, which every
         loss here masks out by length.
         """
         cuts = list(cuts)
@@ -466,6 +486,7 @@ class KDTargets:
             raise ValueError(f"{len(nf)} frame counts for {len(cuts)} cuts")
         T = max(nf) if nf else 0
         dev = torch.device(device) if device is not None else None
+        refs = list(ref_targets) if ref_targets is not None else [None] * len(cuts)
         if self.combine in ("single", "switch", "multistream"):
             if self.combine == "single":
                 chosen = [self.teachers[0]] * len(cuts)
@@ -486,8 +507,10 @@ class KDTargets:
                         )
                     chosen.append(by_name[name])
             self.last_teachers = [t.name for t in chosen]
-            return self._stack([self._teacher_probs(t, c, n) for t, c, n in zip(chosen, cuts, nf)], T, dev)
-        all_probs = [self._stack([self._teacher_probs(t, c, n) for c, n in zip(cuts, nf)], T, dev) for t in self.teachers]
+            return self._stack([self._labels(t, c, n, r) for t, c, n, r in zip(chosen, cuts, nf, refs)], T, dev)
+        all_probs = [
+            self._stack([self._labels(t, c, n, r) for c, n, r in zip(cuts, nf, refs)], T, dev) for t in self.teachers
+        ]
         if self.combine == "average":
             self.last_teachers = ["average"] * len(cuts)
             return combine_targets(all_probs)
@@ -515,23 +538,45 @@ class KDTargets:
         """The configured KD loss of one batch; ``cuts`` and ``targets`` in the order of the logits' rows."""
         c = self.cfg
         red = c["reduction"]
-        probs = self.targets_for_batch(cuts, out_lens, step, ref_targets=targets, device=student_logits.device)
+        cuts = list(cuts)
         stats: dict = {}
         if self.strategy == "guided":
+            probs = self.targets_for_batch(cuts, out_lens, step, ref_targets=targets, device=student_logits.device)
             loss = guided_ctc_loss(student_logits, out_lens, targets, probs, self.blank_id,
                                    float(c["guide_weight"]), red)
             stats["guided"] = loss.detach()
             return loss, stats
         ctc = ctc_loss_hard(student_logits, out_lens, targets, self.blank_id, red)
         if self.strategy == "frame-kl":
+            probs = self.targets_for_batch(cuts, out_lens, step, ref_targets=targets, device=student_logits.device)
             kd = frame_kl(student_logits, probs, out_lens, self.temperature, self.blank_id,
                           bool(c["skip_blank_frames"]), float(c["blank_threshold"]), red)
         else:
-            nbest = seq_kd_targets(probs, out_lens, self.blank_id, int(c["nbest"]), int(c["beam"]))
-            kd = seq_kd_loss(student_logits, out_lens, nbest, self.blank_id, red)
+            kd = seq_kd_loss(student_logits, out_lens, self.seq_targets(cuts, out_lens, step, targets),
+                             self.blank_id, red)
         stats["ctc"] = ctc.detach()
         stats["kd"] = kd.detach()
         return kd_loss_total(ctc, kd, float(c["lambda"])), stats
+
+    def seq_targets(
+        self, cuts: Sequence[Cut], out_lens: torch.Tensor, step: int, ref_targets: Sequence[Sequence[int]]
+    ) -> NBestList:
+        """The ``seq`` loss's hypotheses: the n-best of the combined teacher, or under ``average``/``weighted``
+        the mixture of every teacher's own n-best (:func:`mix_nbest`: no frame-level averaging of spikes)."""
+        nbest, beam = int(self.cfg["nbest"]), int(self.cfg["beam"])
+        if self.combine not in ("average", "weighted"):
+            probs = self.targets_for_batch(cuts, out_lens, step, ref_targets=ref_targets)
+            return seq_kd_targets(probs, out_lens, self.blank_id, nbest, beam)
+        nf = [int(x) for x in out_lens.tolist()]
+        T = max(nf) if nf else 0
+        lists = [
+            seq_kd_targets(self._stack([self._labels(t, c, n, r) for c, n, r in zip(cuts, nf, ref_targets)], T, None),
+                           out_lens, self.blank_id, nbest, beam)
+            for t in self.teachers
+        ]
+        weights = [1.0] * len(self.teachers) if self.combine == "average" else [t.weight for t in self.teachers]
+        self.last_teachers = [self.combine] * len(cuts)
+        return mix_nbest(lists, weights)
 
     def state_dict(self) -> dict:
         return {"switcher": self.switcher.state_dict() if self.switcher is not None else None}
