@@ -332,10 +332,15 @@ def test_spike_agreement_of_two_archives(tmp_path: Path) -> None:
     assert d["b_to_a"] == pytest.approx(1 / 3)
     assert d["symmetric"] == pytest.approx(1 / 4)  # agree on frame 2 of 4 spiky frames, per cut
     assert archive_spike_agreement(a, a, max_cuts=1)["symmetric"] == 1.0
+    # re-timed onto A's spikes, B's late token 2 lands on A's frame 5
+    assert archive_spike_agreement(a, b, aligned=True)["a_to_b_aligned"] == pytest.approx(1.0)
+    assert "a_to_b_aligned" not in d
 
     res = CliRunner().invoke(cli, ["archive", "agreement", str(a), str(b)])
     assert res.exit_code == 0, res.output
     assert "a -> b: 0.500" in res.output and "b -> a: 0.333" in res.output and "symmetric: 0.250" in res.output
+    res = CliRunner().invoke(cli, ["archive", "agreement", "--aligned", str(a), str(b)])
+    assert res.exit_code == 0 and "a -> b re-timed onto a: 1.000" in res.output, res.output
 
     other = tmp_path / "other"
     with SoftLabelWriter(other, ArchiveMeta(teacher="o", checkpoint="x", lang_hash="c" * 64, vocab_size=5,

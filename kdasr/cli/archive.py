@@ -127,19 +127,22 @@ def merge(archive_dir: Path) -> None:
 @click.argument("dir_b", metavar="DIR_B", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--max-cuts", type=click.IntRange(min=1), default=None,
               help="Compare only the first N common cut ids (sorted) [default: all].")
+@click.option("--aligned", is_flag=True,
+              help="Also A->B after re-timing B's labels onto A's spikes (what kd.align_spikes does).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
-def agreement(dir_a: Path, dir_b: Path, max_cuts: Optional[int], as_json: bool) -> None:
+def agreement(dir_a: Path, dir_b: Path, max_cuts: Optional[int], aligned: bool, as_json: bool) -> None:
     """Spike agreement of two archives: do the teachers spike on the same frames?
 
     A->B is the fraction of A's non-blank argmax frames where B's argmax is the
     same token; symmetric is frames where both agree over frames where either
     spikes. Low values mean frame-level KD or averaging across these models
-    mixes misaligned spikes (train one with Guided CTC, the other as guide).
+    mixes misaligned spikes: combine with kd.align_spikes, or train one with
+    Guided CTC and the other as its guide.
     """
     from kdasr.distill.archive import ArchiveError, ArchiveMismatchError, archive_spike_agreement
 
     try:
-        d = archive_spike_agreement(dir_a, dir_b, max_cuts)
+        d = archive_spike_agreement(dir_a, dir_b, max_cuts, aligned)
     except (ArchiveError, ArchiveMismatchError) as e:
         raise click.ClickException(str(e)) from e
     if as_json:
@@ -149,3 +152,5 @@ def agreement(dir_a: Path, dir_b: Path, max_cuts: Optional[int], as_json: bool) 
     click.echo(f"{d['a']} -> {d['b']}: {d['a_to_b']:.3f}")
     click.echo(f"{d['b']} -> {d['a']}: {d['b_to_a']:.3f}")
     click.echo(f"symmetric: {d['symmetric']:.3f}")
+    if aligned:
+        click.echo(f"{d['a']} -> {d['b']} re-timed onto {d['a']}: {d['a_to_b_aligned']:.3f}")

@@ -813,7 +813,9 @@ def archive_info(archive_dir: Pathlike, cuts: Optional[Iterable[Cut]] = None) ->
     return info
 
 
-def archive_spike_agreement(dir_a: Pathlike, dir_b: Pathlike, max_cuts: Optional[int] = None) -> dict:
+def archive_spike_agreement(
+    dir_a: Pathlike, dir_b: Pathlike, max_cuts: Optional[int] = None, aligned: bool = False
+) -> dict:
     """Spike agreement of two teachers' archives on the cuts both hold (see :func:`spike_agreement`).
 
     Why it matters: frame-level KD and frame-level averaging of teachers
@@ -821,9 +823,13 @@ def archive_spike_agreement(dir_a: Pathlike, dir_b: Pathlike, max_cuts: Optional
     CTC models often do not. Reports A→B and B→A (directed: A's spike frames
     where B's argmax is the same token) and the symmetric IoU, over the
     first ``max_cuts`` common cut ids in sorted order (all by default).
+    ``aligned`` adds A→B after B's labels are re-timed onto A's spikes (A's
+    best path forced-aligned to both, as ``kd.align_spikes`` does with the
+    transcript): how much of the disagreement is timing alone.
     """
     import torch
 
+    from kdasr.distill.align import align_to_anchor
     from kdasr.distill.losses import spike_agreement
 
     meta_a, cuts_a = load_archive(dir_a)
@@ -837,18 +843,23 @@ def archive_spike_agreement(dir_a: Pathlike, dir_b: Pathlike, max_cuts: Optional
     if not common:
         raise ArchiveMismatchError(f"{dir_a} and {dir_b} have no cut id in common")
     by_id_a = {c.id: c for c in cuts_a}
-    arg_a, arg_b = [], []
+    arg_a, arg_b, arg_b_al = [], [], []
     for cid in common:
         pa, pb = load_probs(by_id_a[cid], meta_a.vocab_size), load_probs(by_id_b[cid], meta_b.vocab_size)
         if pa.shape[0] != pb.shape[0]:
             raise ArchiveMismatchError(f"cut {cid}: {pa.shape[0]} frames in {dir_a}, {pb.shape[0]} in {dir_b}")
         arg_a.append(pa.argmax(axis=1))
         arg_b.append(pb.argmax(axis=1))
+        if aligned:
+            arg_b_al.append(align_to_anchor(pa, pb).argmax(axis=1))
+
     # One long utterance of argmax one-hots: only the argmax matters to spike_agreement.
-    a = torch.nn.functional.one_hot(torch.from_numpy(np.concatenate(arg_a)), meta_a.vocab_size).unsqueeze(0)
-    b = torch.nn.functional.one_hot(torch.from_numpy(np.concatenate(arg_b)), meta_b.vocab_size).unsqueeze(0)
+    def onehot(args: list[np.ndarray]) -> torch.Tensor:
+        return torch.nn.functional.one_hot(torch.from_numpy(np.concatenate(args)), meta_a.vocab_size).unsqueeze(0)
+
+    a, b = onehot(arg_a), onehot(arg_b)
     lens = torch.tensor([a.shape[1]])
-    return {
+    out = {
         "a": meta_a.teacher,
         "b": meta_b.teacher,
         "cuts": len(common),
@@ -857,6 +868,9 @@ def archive_spike_agreement(dir_a: Pathlike, dir_b: Pathlike, max_cuts: Optional
         "b_to_a": spike_agreement(b, a, lens),
         "symmetric": spike_agreement(a, b, lens, symmetric=True),
     }
+    if aligned:
+        out["a_to_b_aligned"] = spike_agreement(a, onehot(arg_b_al), lens)
+    return out
 
 
 def _orig_id(cut: Cut) -> str:
