@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -53,3 +54,15 @@ def test_report_without_decodes_fails_clearly(tmp_path: Path):
     res = CliRunner().invoke(cli, ["report", str(tmp_path / "empty"), "--out", str(tmp_path / "r.md")])
     assert res.exit_code != 0
     assert "no decode results" in str(res.exception)
+
+
+def test_plot_labels_spread_apart_but_stay_near_their_points() -> None:
+    from kdasr.score.report import _spread
+
+    # 10, 10.5, 11 collide: one block of three centred on 10.5; 50 keeps its own place
+    assert _spread([10.0, 10.5, 11.0, 50.0], 2.0) == pytest.approx([8.5, 10.5, 12.5, 50.0])
+    # a block grown into its neighbour merges with it
+    got = _spread([0.0, 3.0, 3.1, 3.2], 2.0)
+    assert all(b - a >= 2.0 - 1e-9 for a, b in zip(got, got[1:]))
+    assert sum(got) / 4 == pytest.approx((0.0 + 3.0 + 3.1 + 3.2) / 4)
+    assert _spread([], 1.0) == []

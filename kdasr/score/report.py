@@ -231,25 +231,65 @@ def _group_tables(rows: list[Row]) -> str:
     return out
 
 
+def _spread(ys: list[float], gap: float) -> list[float]:
+    """Label heights for points at ``ys`` (ascending), ``gap`` apart at least.
+
+    Labels that would collide form a block centred on its points' mean;
+    blocks that then collide merge, so a lone outlier keeps its label beside it.
+    """
+    blocks: list[list[float]] = []
+
+    def bounds(b: list[float]) -> tuple[float, float]:
+        c = sum(b) / len(b)
+        return c - (len(b) - 1) * gap / 2, c + (len(b) - 1) * gap / 2
+
+    for y in ys:
+        blocks.append([y])
+        while len(blocks) > 1 and bounds(blocks[-1])[0] < bounds(blocks[-2])[1] + gap:
+            blocks[-2:] = [blocks[-2] + blocks[-1]]
+    return [bounds(b)[0] + k * gap for b in blocks for k in range(len(b))]
+
+
 def plot_wer_vs_params(rows: list[Row], key: tuple[str, str], path: Path) -> None:
-    """Scatter of WER against parameters for one (test set, method); teachers and students marked."""
+    """Scatter of WER against parameters for one (test set, method); teachers and students marked.
+
+    Models of one size share a column (every student is one CNN), so their
+    names are stacked beside it, at least a line apart and as near their
+    points as that allows, with a leader line when a name had to move.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    pts = [(r.params, statistics.fmean(r.wers[key]), r.name, r.role) for r in rows if r.wers.get(key)]
+    columns: dict[int, list[tuple[float, str]]] = {}
+    for x, y, n, _ in pts:
+        columns.setdefault(x, []).append((y, n))
+    fontsize = 7
+    fig, ax = plt.subplots(figsize=(8, max(4.5, 1.5 + 0.16 * max((len(c) for c in columns.values()), default=0))))
     for role, marker, color in (("teacher", "s", "tab:red"), ("student", "o", "tab:blue")):
-        pts = [(r.params, statistics.fmean(r.wers[key]), r.name) for r in rows if r.role == role and r.wers.get(key)]
-        if pts:
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, label=role, s=40)
-            for x, y, n in pts:
-                ax.annotate(n, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        mine = [p for p in pts if p[3] == role]
+        if mine:
+            ax.scatter([p[0] for p in mine], [p[1] for p in mine], marker=marker, color=color, label=role, s=40)
     ax.set_xscale("log")
+    if pts:
+        ax.set_xlim(min(p[0] for p in pts) / 1.3, max(p[0] for p in pts) * 2.5)
+    lo, hi = ax.get_ylim()
+    gap = (hi - lo) * (1.25 * fontsize / 72 * fig.dpi) / ax.get_window_extent().height
+    top, bottom = hi, lo
+    for x, col in columns.items():
+        col.sort()
+        for (y, n), ly in zip(col, _spread([y for y, _ in col], gap)):
+            moved = abs(ly - y) > gap / 4
+            ax.annotate(n, (x, y), xytext=(x * 1.08, ly), textcoords="data", fontsize=fontsize, va="center",
+                        arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.6"} if moved else None)
+            top, bottom = max(top, ly + gap), min(bottom, ly - gap)
+    ax.set_ylim(bottom, top)
     ax.set_xlabel("parameters")
     ax.set_ylabel(f"WER % ({key[0]}, {key[1]})")
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper right")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
