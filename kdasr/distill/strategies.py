@@ -450,12 +450,29 @@ class KDTargets:
             )
         return load_probs(arch, self.vocab_size)
 
-    def _labels(self, teacher: _Teacher, cut: Cut, frames: int, ref: Optional[Sequence[int]]) -> np.ndarray:
-        """A teacher's labels for a cut; under ``align_spikes`` re-timed onto the first teacher's spikes."""
+    def _labels(
+        self, teacher: _Teacher, cut: Cut, frames: int, ref: Optional[Sequence[int]],
+        anchor: Optional[np.ndarray] = None,
+    ) -> np.ndarray:
+        """A teacher's labels for a cut; under ``align_spikes`` re-timed onto the first teacher's spikes
+        (``anchor``: the first teacher's labels of the cut when the caller has them already)."""
         probs = self._teacher_probs(teacher, cut, frames)
         if not self.align_spikes or teacher is self.teachers[0]:
             return probs
-        return align_to_anchor(self._teacher_probs(self.teachers[0], cut, frames), probs, ref, self.blank_id)
+        if anchor is None:
+            anchor = self._teacher_probs(self.teachers[0], cut, frames)
+        return align_to_anchor(anchor, probs, ref, self.blank_id)
+
+    def _every_teacher(
+        self, cuts: Sequence[Cut], nf: Sequence[int], refs: Sequence[Optional[Sequence[int]]], T: int,
+        device: Optional[torch.device],
+    ) -> list[torch.Tensor]:
+        """Each teacher's labels of the batch, ``(B, T, V)`` per teacher; the first teacher's are read once."""
+        first = [self._teacher_probs(self.teachers[0], c, n) for c, n in zip(cuts, nf)]
+        per_teacher = [first] + [
+            [self._labels(t, c, n, r, a) for c, n, r, a in zip(cuts, nf, refs, first)] for t in self.teachers[1:]
+        ]
+        return [self._stack(p, T, device) for p in per_teacher]
 
     def _stack(self, per_cut: list[np.ndarray], T: int, device: Optional[torch.device]) -> torch.Tensor:
         out = torch.zeros(len(per_cut), T, self.vocab_size, dtype=torch.float32)
@@ -477,8 +494,8 @@ class KDTargets:
         per cut; each must equal the archive's frame count. ``step`` picks
         the teacher under ``switch``; ``ref_targets`` (the batch's token ids)
         are needed by ``best``, and under ``align_spikes`` they are the
-        sequences aligned (else each cut's first-teacher best path). Padded frames are all-zero rows, which every
-        loss here masks out by length.
+        sequences aligned (else each cut's first-teacher best path). Padded
+        frames are all-zero rows, which every loss here masks out by length.
         """
         cuts = list(cuts)
         nf = [int(x) for x in (num_frames.tolist() if isinstance(num_frames, torch.Tensor) else num_frames)]
@@ -508,9 +525,7 @@ class KDTargets:
                     chosen.append(by_name[name])
             self.last_teachers = [t.name for t in chosen]
             return self._stack([self._labels(t, c, n, r) for t, c, n, r in zip(chosen, cuts, nf, refs)], T, dev)
-        all_probs = [
-            self._stack([self._labels(t, c, n, r) for c, n, r in zip(cuts, nf, refs)], T, dev) for t in self.teachers
-        ]
+        all_probs = self._every_teacher(cuts, nf, refs, T, dev)
         if self.combine == "average":
             self.last_teachers = ["average"] * len(cuts)
             return combine_targets(all_probs)
@@ -570,9 +585,8 @@ class KDTargets:
         nf = [int(x) for x in out_lens.tolist()]
         T = max(nf) if nf else 0
         lists = [
-            seq_kd_targets(self._stack([self._labels(t, c, n, r) for c, n, r in zip(cuts, nf, ref_targets)], T, None),
-                           out_lens, self.blank_id, nbest, beam)
-            for t in self.teachers
+            seq_kd_targets(probs, out_lens, self.blank_id, nbest, beam)
+            for probs in self._every_teacher(cuts, nf, ref_targets, T, None)
         ]
         weights = [1.0] * len(self.teachers) if self.combine == "average" else [t.weight for t in self.teachers]
         self.last_teachers = [self.combine] * len(cuts)
