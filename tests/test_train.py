@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from kdasr.cli.main import cli
 from kdasr.data.tokenizer import build_char_lang, texts_from_cuts
 from kdasr.train.checkpoint import average_checkpoints, load_checkpoint
-from kdasr.train.trainer import Trainer
+from kdasr.train.trainer import Trainer, warmup_schedule
 from synth import make_feature_cuts
 
 
@@ -70,8 +70,9 @@ def test_training_writes_outputs_and_learns(synth_data, tmp_path):
 
 
 def test_resume_after_kill_gives_identical_weights(synth_data, tmp_path):
+    """With the epoch annealing on, whose factor the resumed run must read from the restored epoch."""
     ref, killed = tmp_path / "ref", tmp_path / "killed"
-    args = [str(synth_data["config"]), "--set", "train.epochs=2"]
+    args = [str(synth_data["config"]), "--set", "train.epochs=2", "--set", "train.lr_anneal=true"]
     subprocess.run(_kdasr("train", *args, "--exp-dir", str(ref)), check=True, capture_output=True)
     proc = subprocess.Popen(_kdasr("train", *args, "--exp-dir", str(killed)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -90,6 +91,17 @@ def test_resume_after_kill_gives_identical_weights(synth_data, tmp_path):
     assert a["step"] == b["step"]
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_warmup_schedule_anneals_by_epoch():
+    epoch = [1]
+    plain, annealed = warmup_schedule(4), warmup_schedule(4, anneal_epochs=4, epoch=lambda: epoch[0])
+    assert [plain(s) for s in (0, 3, 15)] == [0.25, 1.0, 0.5]  # warm-up, peak, sqrt(4/16)
+    assert annealed(15) == 0.5
+    epoch[0] = 3
+    assert annealed(15) == 0.5 * 0.5  # 1 - (3 - 1) / 4
+    epoch[0] = 9  # past the planned epochs: held at 1/4, never zero or negative
+    assert annealed(15) == 0.5 * 0.25
 
 
 def test_nan_batch_is_skipped_and_logged(synth_data, tmp_path):

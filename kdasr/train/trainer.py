@@ -71,6 +71,8 @@ DEFAULTS: dict = {
         "lr": 1.0e-3,
         "weight_decay": 1.0e-2,
         "warmup_steps": 300,
+        # also scale the rate down linearly over the epochs, to 1/epochs in the last one
+        "lr_anneal": False,
         "grad_clip": 5.0,
         "amp": True,
         "device": "auto",
@@ -121,14 +123,24 @@ class CtcObjective:
         pass
 
 
-def warmup_schedule(warmup_steps: int) -> Callable[[int], float]:
+def warmup_schedule(
+    warmup_steps: int, anneal_epochs: int = 0, epoch: Callable[[], int] = lambda: 1
+) -> Callable[[int], float]:
     """Linear warm-up, then inverse square-root decay (Noam): needs no total step count,
-    which a dynamic-bucketing sampler cannot tell in advance."""
+    which a dynamic-bucketing sampler cannot tell in advance.
+
+    With ``anneal_epochs`` = E > 0 the rate is also scaled by 1 - (e - 1) / E in epoch e
+    (read from ``epoch()`` at each step, so a resumed run replays it): Noam alone still
+    leaves a quarter of the peak rate after a short run, and the dev WER then jumps
+    from epoch to epoch instead of settling."""
     w = max(1, warmup_steps)
 
     def factor(step: int) -> float:
         s = step + 1
-        return min(s / w, math.sqrt(w / s))
+        noam = min(s / w, math.sqrt(w / s))
+        if anneal_epochs <= 0:
+            return noam
+        return noam * max(1.0 - (epoch() - 1) / anneal_epochs, 1.0 / anneal_epochs)
 
     return factor
 
@@ -194,7 +206,10 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"]
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_schedule(tcfg["warmup_steps"]))
+        self.state = TrainState()  # before the scheduler, whose annealing reads the epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_schedule(
+            tcfg["warmup_steps"], tcfg["epochs"] if tcfg["lr_anneal"] else 0, lambda: self.state.epoch,
+        ))
         # The filtered cuts are in memory already; lhotse's lazy-reading advice does not apply.
         warnings.filterwarnings("ignore", "You are using DynamicBucketingSampler with an eagerly")
         self.sampler = DynamicBucketingSampler(
@@ -208,7 +223,6 @@ class Trainer:
             rank=self.rank,
         )
         self.dataset = AsrDataset(self.tokenizer, spec_augment_from_config(tcfg.get("spec_augment")))
-        self.state = TrainState()
         self.ddp_model: torch.nn.Module = self.model
         if self.world_size > 1:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
