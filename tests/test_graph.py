@@ -13,6 +13,7 @@ import kaldifst
 import pytest
 import torch
 
+from kdasr.ctc import collapse
 from kdasr.data.tokenizer import Tokenizer, build_bpe_lang, build_char_lang, build_phone_lang
 from kdasr.decode.graph import (
     GraphError,
@@ -65,15 +66,6 @@ def batch(items: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     for b, x in enumerate(items):
         out[b, : x.shape[0]] = x
     return out, lens
-
-
-def collapse(ids: Sequence[int], blank: int = 0) -> list[int]:
-    out, prev = [], None
-    for i in ids:
-        if i != prev and i != blank:
-            out.append(i)
-        prev = i
-    return out
 
 
 def random_peaky(tok: Tokenizer, words: Sequence[str], n_words: int, gen: torch.Generator,

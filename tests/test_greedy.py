@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdasr.decode.greedy import greedy_search
+from kdasr.ctc import greedy_search
 
 
 def _logits(paths: list[list[int]], vocab: int = 5) -> torch.Tensor:

@@ -7,9 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kdasr.ctc import ctc_loss_hard, prefix_beam_search
 from kdasr.distill.losses import (
-    ctc_loss_hard,
-    ctc_prefix_beam_search,
     frame_kl,
     guide_mask,
     guided_ctc_loss,
@@ -122,7 +121,7 @@ def test_seq_kd_nbest_posteriors() -> None:
     # two frames over {blank, a, b}; exact prefix posteriors by enumerating the 9 alignments:
     # [a]: .6*.5+.6*.1+.1*.5=.41  [a b]: .6*.4=.24  [b]: .3*.4+.3*.1+.1*.4=.19  [b a]: .15  []: .01
     p = torch.tensor([[[0.1, 0.6, 0.3], [0.1, 0.5, 0.4]]])
-    hyps = ctc_prefix_beam_search(torch.log(p[0]).double().numpy(), beam=10, token_prune=3)
+    hyps = prefix_beam_search(torch.log(p[0]).double().numpy(), beam=10, token_prune=3)
     want = {(1,): 0.41, (1, 2): 0.24, (2,): 0.19, (2, 1): 0.15, (): 0.01}
     assert {tuple(h): round(math.exp(s), 6) for h, s in hyps} == pytest.approx(want)
     got = seq_kd_targets(p, torch.tensor([2]), nbest=3, beam=10, token_prune=3)[0]

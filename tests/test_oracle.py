@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from kdasr.data.tokenizer import Tokenizer, build_char_lang, texts_from_cuts
-from kdasr.decode.greedy import greedy_search
 from kdasr.distill.archive import ArchiveMeta, dump_soft_labels, load_archive, load_probs
-from kdasr.distill.losses import ctc_loss_hard, spike_agreement
+from kdasr.ctc import ctc_loss_hard, greedy_search
+from kdasr.distill.losses import spike_agreement
 from kdasr.distill.oracle import OracleObjective, pad_transcripts, transcript_inputs
 from kdasr.models import build_model, output_lengths
 from kdasr.train.trainer import CtcObjective

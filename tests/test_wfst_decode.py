@@ -109,7 +109,6 @@ def test_factory(graphs) -> None:
 
 
 def test_factory_greedy(graphs) -> None:
-    pytest.importorskip("kdasr.decode.greedy")
     tok, _, _ = graphs
     gen = torch.Generator().manual_seed(2)
     items = [random_peaky(tok, WORDS, n, gen) for n in (2, 3)]

@@ -32,8 +32,8 @@ import torch
 from kdasr.data.tokenizer import BLANK, UNK, WORD_SEP, Tokenizer, build_char_lang
 from kdasr.decode import make_decoder
 from kdasr.decode.graph import build_graph
+from kdasr.models.common import FRAME_SHIFT
 
-FRAME_SHIFT = 0.04  # seconds per CTC output frame (10 ms features, subsampling 4)
 LETTERS = "ABCDEFGHIJKLMNOPRSTUVWY"
 
 

@@ -24,10 +24,10 @@ METHODS = ("greedy", "beam", "wfst")
 
 
 class GreedyDecoder:
-    """Best token per frame, repeats merged, blanks dropped (``kdasr.decode.greedy.greedy_search``)."""
+    """Best token per frame, repeats merged, blanks dropped (``kdasr.ctc.greedy_search``)."""
 
     def __init__(self, tokenizer: "Tokenizer") -> None:
-        from kdasr.decode.greedy import greedy_search
+        from kdasr.ctc import greedy_search  # imports torch: not at package import (see the module docstring)
 
         self.tokenizer = tokenizer
         self._search = greedy_search

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torchaudio.functional import forced_align
 
-from kdasr.distill.losses import ctc_collapse
+from kdasr.ctc import collapse
 
 
 def token_frames(probs: np.ndarray, tokens: Sequence[int], blank_id: int = 0) -> np.ndarray:
@@ -65,7 +65,7 @@ def align_to_anchor(
     """
     if anchor.shape != other.shape:
         raise ValueError(f"anchor {anchor.shape} and other {other.shape} labels differ in shape")
-    toks = list(tokens) if tokens else ctc_collapse(anchor.argmax(-1).tolist(), blank_id)
+    toks = list(tokens) if tokens else collapse(anchor.argmax(-1).tolist(), blank_id)
     if not toks:
         return other
     idx = warp_index(token_frames(anchor, toks, blank_id), token_frames(other, toks, blank_id), anchor.shape[0])

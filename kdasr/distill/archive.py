@@ -59,11 +59,8 @@ from lhotse.cut import Cut
 from lhotse.utils import fastcopy
 from tqdm import tqdm
 
-from kdasr.models.common import SUBSAMPLING, output_lengths
+from kdasr.models.common import FRAME_SHIFT, SUBSAMPLING, output_lengths
 from kdasr.utils.io import Pathlike, atomic_path, atomic_write_text, save_manifest
-
-FRAME_SHIFT = 0.04
-"""Output frame shift of every model (10 ms features subsampled by 4), in seconds."""
 
 LOGP_FLOOR = -80.0
 """Smallest log-prob stored: float16 holds it exactly, and ``exp`` of it is ~1.8e-35."""

@@ -1,41 +1,25 @@
-"""Losses for training CTC students: hard CTC, frame-level KD, sequence-level KD, guided CTC.
+"""Losses for distilling CTC students: frame-level KD, sequence-level KD, guided CTC.
 
-Shapes: logits and teacher distributions are ``(B, T, V)``, ``lens`` is
-``(B,)`` output frames per utterance; frames at or after ``lens[b]`` are
-padding and never contribute. Everything is computed in float32 whatever the
-autocast dtype of the logits (bf16 CTC and KL are not accurate enough).
-
-Reductions (argument ``reduction``, same meaning in every loss here):
-
-- ``"utterance"`` (default): the sum over frames and utterances divided by
-  the number of utterances that take part. A CTC loss is a sum over the
-  frames of an utterance, so this is the convention (ESPnet's) under which
-  CTC and frame-level KD summed over the same frames stay on the same scale,
-  and ``kd_loss_total``'s lambda means what it says.
-- ``"frame"``: divided by the number of frames that take part (per-frame
-  nats: comparable across corpora with different utterance lengths).
-- ``"sum"``: no normalisation (DDP all-reduce users normalise themselves).
-
-Combine terms computed with the same reduction only.
+Shapes and reductions are those of :mod:`kdasr.ctc` (hard-label CTC lives
+there): logits and teacher distributions are ``(B, T, V)``, ``lens`` is
+``(B,)`` output frames per utterance, padding never contributes, and
+everything is computed in float32 (bf16 KL is not accurate enough). Under the
+default ``utterance`` reduction CTC and frame-level KD summed over the same
+frames stay on the same scale, so ``kd_loss_total``'s lambda means what it
+says. Combine terms computed with the same reduction only.
 """
 from __future__ import annotations
 
-import math
-from typing import Sequence, Union
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-REDUCTIONS = ("utterance", "frame", "sum")
+from kdasr.ctc import check_reduction, collapse, ctc_loss_hard, prefix_beam_search, reduce_loss, zero_loss
 
 NBestList = list[list[tuple[list[int], float]]]
 """Per utterance, a list of ``(token ids, weight)`` hypotheses (weights sum to 1)."""
-
-
-def _check_reduction(reduction: str) -> None:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
 def _valid(lens: torch.Tensor, T: int, device: torch.device) -> torch.Tensor:
@@ -44,63 +28,12 @@ def _valid(lens: torch.Tensor, T: int, device: torch.device) -> torch.Tensor:
     return torch.arange(T, device=device).unsqueeze(0) < lens.unsqueeze(1)
 
 
-def _zero(like: torch.Tensor) -> torch.Tensor:
-    """A 0 that stays connected to the graph, so ``backward`` works on a batch with nothing to learn."""
-    return like.float().sum() * 0.0
-
-
-def _reduce(total: torch.Tensor, reduction: str, num_utts: int, num_frames: Union[int, torch.Tensor]) -> torch.Tensor:
-    if reduction == "sum":
-        return total
-    if reduction == "utterance":
-        return total / max(int(num_utts), 1)
-    return total / torch.clamp(torch.as_tensor(num_frames, dtype=total.dtype, device=total.device), min=1.0)
-
-
 def _trim(x: torch.Tensor, lens: torch.Tensor, what: str) -> torch.Tensor:
     """``x[:, :max(lens)]``, with a clear error when ``x`` is shorter than the lengths say."""
     T = int(lens.max()) if lens.numel() else 0
     if x.shape[1] < T:
         raise ValueError(f"{what} has {x.shape[1]} frames but lens asks for up to {T}")
     return x[:, :T]
-
-
-# --------------------------------------------------------------------------- hard CTC
-
-
-def ctc_loss_hard(
-    logits: torch.Tensor,
-    lens: torch.Tensor,
-    targets: Sequence[Sequence[int]],
-    blank_id: int = 0,
-    reduction: str = "utterance",
-) -> torch.Tensor:
-    """CTC on the transcripts, skipping utterances without one (empty target list).
-
-    ``zero_infinity=True``: an utterance whose transcript needs more frames
-    than it has contributes 0 instead of inf (which would poison the batch).
-    Reductions: ``utterance`` divides by the number of transcribed
-    utterances, ``frame`` by their frames, plus ``token`` (by their target
-    tokens, ESPnet's other choice) and ``sum``.
-    """
-    if reduction not in REDUCTIONS + ("token",):
-        raise ValueError(f"reduction must be one of {REDUCTIONS + ('token',)}, got {reduction!r}")
-    if len(targets) != logits.shape[0]:
-        raise ValueError(f"{len(targets)} target lists for a batch of {logits.shape[0]}")
-    keep = [i for i, t in enumerate(targets) if len(t) > 0]
-    if not keep:
-        return _zero(logits)
-    dev = logits.device
-    idx = torch.tensor(keep, dtype=torch.long, device=dev)
-    lens = lens.to(dev).long()
-    logp = torch.log_softmax(logits.float().index_select(0, idx), dim=-1).transpose(0, 1)
-    flat = torch.tensor([t for i in keep for t in targets[i]], dtype=torch.long, device=dev)
-    tlens = torch.tensor([len(targets[i]) for i in keep], dtype=torch.long, device=dev)
-    ilens = lens.index_select(0, idx)
-    loss = F.ctc_loss(logp, flat, ilens, tlens, blank=blank_id, reduction="none", zero_infinity=True).sum()
-    if reduction == "token":
-        return loss / tlens.sum().clamp(min=1)
-    return _reduce(loss, reduction, len(keep), ilens.sum())
 
 
 # --------------------------------------------------------------------------- frame-level KD
@@ -140,7 +73,7 @@ def frame_kl(
     ``frame`` reduction then divides by the frames kept, ``utterance`` by the
     utterances with at least one valid frame.
     """
-    _check_reduction(reduction)
+    check_reduction(reduction)
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     lens = lens.to(student_logits.device).long()
@@ -152,11 +85,11 @@ def frame_kl(
     if skip_blank_frames:
         mask = mask & ~blank_frame_mask(p, blank_id, blank_threshold)
     if not bool(mask.any()):
-        return _zero(student_logits)
+        return zero_loss(student_logits)
     logq = torch.log_softmax(s / temperature, dim=-1)
     kl = (torch.xlogy(p, p) - p * logq).sum(dim=-1)
     total = (kl * mask).sum() * (temperature**2)
-    return _reduce(total, reduction, int((lens > 0).sum()), mask.sum())
+    return reduce_loss(total, reduction, int((lens > 0).sum()), mask.sum())
 
 
 def kd_loss_total(ctc: torch.Tensor, kd: torch.Tensor, lam: float) -> torch.Tensor:
@@ -167,73 +100,6 @@ def kd_loss_total(ctc: torch.Tensor, kd: torch.Tensor, lam: float) -> torch.Tens
 
 
 # --------------------------------------------------------------------------- sequence-level KD
-
-
-def ctc_collapse(path: Sequence[int], blank_id: int) -> list[int]:
-    """A frame path's transcript: repeats merged, blanks removed."""
-    out: list[int] = []
-    prev = None
-    for t in path:
-        if t != prev and t != blank_id:
-            out.append(int(t))
-        prev = t
-    return out
-
-
-def _lse(a: float, b: float) -> float:
-    if a == -math.inf:
-        return b
-    if b == -math.inf:
-        return a
-    m = max(a, b)
-    return m + math.log1p(math.exp(-abs(a - b)))
-
-
-def ctc_prefix_beam_search(
-    log_probs: np.ndarray, blank_id: int = 0, beam: int = 8, token_prune: int = 8
-) -> list[tuple[list[int], float]]:
-    """CTC prefix beam search over one utterance's ``(T, V)`` log-probs: ``[(prefix, log prob)]``, best first.
-
-    The log prob of a prefix sums over all alignments that collapse to it
-    (within the beam), which is the sequence posterior sequence-level KD
-    wants. Only the ``token_prune`` most probable tokens of each frame are
-    extended, which keeps this cheap for BPE vocabularies.
-    """
-    NEG = -math.inf
-    beams: dict[tuple[int, ...], list[float]] = {(): [0.0, NEG]}  # prefix -> [log p(ends in blank), log p(ends in token)]
-    V = log_probs.shape[1]
-    kp = min(token_prune, V)
-    for t in range(log_probs.shape[0]):
-        row = log_probs[t]
-        cands = np.argpartition(-row, kp - 1)[:kp] if kp < V else np.arange(V)
-        nxt: dict[tuple[int, ...], list[float]] = {}
-
-        def get(pfx: tuple[int, ...]) -> list[float]:
-            if pfx not in nxt:
-                nxt[pfx] = [NEG, NEG]
-            return nxt[pfx]
-
-        for pfx, (pb, pnb) in beams.items():
-            ptot = _lse(pb, pnb)
-            for c in cands:
-                c = int(c)
-                lp = float(row[c])
-                if c == blank_id:
-                    e = get(pfx)
-                    e[0] = _lse(e[0], ptot + lp)
-                    continue
-                new = pfx + (c,)
-                if pfx and pfx[-1] == c:
-                    e = get(new)
-                    e[1] = _lse(e[1], pb + lp)  # a repeat needs a blank in between
-                    e = get(pfx)
-                    e[1] = _lse(e[1], pnb + lp)  # otherwise it merges into the last token
-                else:
-                    e = get(new)
-                    e[1] = _lse(e[1], ptot + lp)
-        alive = [(k, v) for k, v in nxt.items() if _lse(*v) > NEG]  # e.g. a repeat with no blank to separate it
-        beams = dict(sorted(alive, key=lambda kv: -_lse(*kv[1]))[:beam])
-    return [(list(p), _lse(*v)) for p, v in sorted(beams.items(), key=lambda kv: -_lse(*kv[1]))]
 
 
 def seq_kd_targets(
@@ -262,11 +128,11 @@ def seq_kd_targets(
     if nbest == 1:
         best = p.argmax(dim=-1).tolist()
         for b, n in enumerate(lens_l):
-            out.append([(ctc_collapse(best[b][:n], blank_id), 1.0)])
+            out.append([(collapse(best[b][:n], blank_id), 1.0)])
         return out
     logp = torch.log(p.clamp(min=1e-30)).numpy().astype(np.float64)
     for b, n in enumerate(lens_l):
-        hyps = ctc_prefix_beam_search(logp[b, :n], blank_id, beam=max(beam, nbest), token_prune=token_prune)[:nbest]
+        hyps = prefix_beam_search(logp[b, :n], blank_id, beam=max(beam, nbest), token_prune=token_prune)[:nbest]
         scores = np.array([s for _, s in hyps])
         w = np.exp(scores - scores.max())
         w = w / w.sum()
@@ -313,7 +179,7 @@ def seq_kd_loss(
     ``utterance`` reduction divides by the utterances with at least one
     hypothesis, ``frame`` by their frames.
     """
-    _check_reduction(reduction)
+    check_reduction(reduction)
     if len(nbest_targets) != student_logits.shape[0]:
         raise ValueError(f"{len(nbest_targets)} n-best lists for a batch of {student_logits.shape[0]}")
     dev = student_logits.device
@@ -325,7 +191,7 @@ def seq_kd_loss(
             hyps.append(list(h))
             weights.append(float(w))
     if not rows:
-        return _zero(student_logits)
+        return zero_loss(student_logits)
     idx = torch.tensor(rows, dtype=torch.long, device=dev)
     logp = torch.log_softmax(student_logits.float(), dim=-1).index_select(0, idx).transpose(0, 1)
     flat = torch.tensor([t for h in hyps for t in h], dtype=torch.long, device=dev)
@@ -333,7 +199,7 @@ def seq_kd_loss(
     per = F.ctc_loss(logp, flat, lens.index_select(0, idx), tlens, blank=blank_id, reduction="none", zero_infinity=True)
     total = (per * torch.tensor(weights, dtype=per.dtype, device=dev)).sum()
     used = sorted(set(rows))
-    return _reduce(total, reduction, len(used), lens[used].sum())
+    return reduce_loss(total, reduction, len(used), lens[used].sum())
 
 
 # --------------------------------------------------------------------------- guided CTC
@@ -371,7 +237,7 @@ def guided_ctc_loss(
     the number of valid frames. The loss can be negative; its minimum is
     reached when the student matches the transcript and the guide's spikes.
     """
-    _check_reduction(reduction)
+    check_reduction(reduction)
     lens = lens.to(student_logits.device).long()
     ctc = ctc_loss_hard(student_logits, lens, targets, blank_id=blank_id, reduction="sum")
     s = _trim(student_logits, lens, "student logits").float()
@@ -379,7 +245,7 @@ def guided_ctc_loss(
     if M.shape != s.shape:
         raise ValueError(f"guide gives {tuple(M.shape)} but the student {tuple(s.shape)} (frames or vocab differ)")
     reward = (M * torch.softmax(s, dim=-1)).sum()
-    return _reduce(ctc - guide_weight * reward, reduction, int((lens > 0).sum()), lens.sum())
+    return reduce_loss(ctc - guide_weight * reward, reduction, int((lens > 0).sum()), lens.sum())
 
 
 # --------------------------------------------------------------------------- diagnostics

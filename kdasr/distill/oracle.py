@@ -31,7 +31,7 @@ class OracleObjective(CtcObjective):
     """CTC with the transcript as both the teacher's input and its target.
 
     Untranscribed cuts get an empty input and no CTC term (as in
-    :func:`kdasr.distill.losses.ctc_loss_hard`).
+    :func:`kdasr.ctc.ctc_loss_hard`).
     """
 
     def model_inputs(self, batch: dict) -> dict:

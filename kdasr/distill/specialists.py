@@ -50,7 +50,7 @@ import numpy as np
 import torch
 import yaml
 
-from kdasr.distill.losses import ctc_loss_hard
+from kdasr.ctc import ctc_loss_hard
 from kdasr.utils.io import Pathlike, atomic_write_text
 
 Subsets = list[list[int]]

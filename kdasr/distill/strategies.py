@@ -47,10 +47,9 @@ from kdasr.distill.archive import (
     load_archive,
     load_probs,
 )
+from kdasr.ctc import REDUCTIONS, ctc_loss_hard
 from kdasr.distill.losses import (
-    REDUCTIONS,
     NBestList,
-    ctc_loss_hard,
     frame_kl,
     guided_ctc_loss,
     kd_loss_total,

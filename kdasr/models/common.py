@@ -12,8 +12,12 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from kdasr.data.features import FRAME_SHIFT as FEATURE_FRAME_SHIFT
+
 SUBSAMPLING = 4
-FRAME_SHIFT = 0.01 * SUBSAMPLING
+"""Every model subsamples its 10 ms feature frames by this factor, with ceil semantics (:func:`output_lengths`)."""
+FRAME_SHIFT = FEATURE_FRAME_SHIFT * SUBSAMPLING
+"""Seconds per output frame (40 ms): what a soft-label archive records and a student is checked against."""
 
 IntOrTensor = Union[int, torch.Tensor]
 

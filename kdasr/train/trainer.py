@@ -34,8 +34,7 @@ from kdasr.data.features import load_cmvn
 from kdasr.data.subsets import hold_back_transcripts
 from kdasr.data.tokenizer import Tokenizer
 from kdasr.data.validate import filter_ctc_feasible, format_report, num_problems
-from kdasr.decode.greedy import greedy_search
-from kdasr.distill.losses import ctc_loss_hard
+from kdasr.ctc import ctc_loss_hard, greedy_search
 from kdasr.models import build_model
 from kdasr.score.wer import compute_wer
 from kdasr.train.checkpoint import (
