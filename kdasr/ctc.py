@@ -1,4 +1,4 @@
-"""CTC primitives every other package shares: the hard-label loss, collapse, greedy and prefix beam search.
+"""CTC primitives every other package shares: the hard-label loss and objective, collapse, greedy and prefix beam search.
 
 One home so that training (the loss, dev greedy WER), decoding (greedy) and
 distillation (sequence-level targets, spike alignment) cannot drift apart
@@ -25,7 +25,7 @@ Reductions (argument ``reduction``, same meaning in every loss of kdasr):
 from __future__ import annotations
 
 import math
-from typing import Sequence, Union
+from typing import Protocol, Sequence, Union
 
 import numpy as np
 import torch
@@ -91,6 +91,38 @@ def ctc_loss_hard(
     if reduction == "token":
         return loss / tlens.sum().clamp(min=1)
     return reduce_loss(loss, reduction, len(keep), ilens.sum())
+
+
+# --------------------------------------------------------------------------- training objective
+
+
+class Objective(Protocol):
+    """Computes the training loss of one batch; KD objectives also read soft labels."""
+
+    def __call__(self, model: torch.nn.Module, batch: dict, step: int) -> tuple[torch.Tensor, dict]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class CtcObjective:
+    """Plain CTC on the transcripts (the hard-label baseline and every teacher)."""
+
+    def model_inputs(self, batch: dict) -> dict:
+        """Keyword inputs the model reads besides the features (none; the Oracle Teacher's transcript)."""
+        return {}
+
+    def __call__(self, model: torch.nn.Module, batch: dict, step: int) -> tuple[torch.Tensor, dict]:
+        logits, out_lens = model(batch["features"], batch["feature_lens"], **self.model_inputs(batch))
+        loss = ctc_loss_hard(logits, out_lens, batch["targets"])
+        return loss, {"ctc": loss.detach()}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 # --------------------------------------------------------------------------- paths and searches

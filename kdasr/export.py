@@ -33,8 +33,9 @@ import yaml
 from torch import nn
 
 from kdasr import __version__
+from kdasr.data.tokenizer import LangError, Tokenizer
 from kdasr.models import AcousticModel
-from kdasr.train.checkpoint import load_checkpoint, model_from_checkpoint
+from kdasr.models.checkpoint import load_checkpoint, model_from_checkpoint
 from kdasr.utils.io import Pathlike, atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -191,8 +192,6 @@ def _lang_tokens(ckpt: dict, lang_dir: Optional[Pathlike]) -> tuple[Optional[str
     An explicit ``lang_dir`` that does not match is an error; the training
     config's lang dir (often relative to the recipe) is only used if found.
     """
-    from kdasr.data.tokenizer import LangError, Tokenizer
-
     explicit = lang_dir is not None
     if not explicit:
         lang_dir = ((ckpt.get("config") or {}).get("data") or {}).get("lang_dir")

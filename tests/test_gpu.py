@@ -11,7 +11,7 @@ from kdasr.data.tokenizer import Tokenizer, build_char_lang, texts_from_cuts
 from kdasr.decode import make_decoder
 from kdasr.decode.run import decode_cuts
 from kdasr.train.build import train_from_config
-from kdasr.train.checkpoint import load_model
+from kdasr.models.checkpoint import load_model
 from synth import make_feature_cuts
 
 pytestmark = [

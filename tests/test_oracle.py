@@ -16,13 +16,12 @@ import numpy as np
 import pytest
 import torch
 
+from kdasr.ctc import CtcObjective, ctc_loss_hard, greedy_search
 from kdasr.data.tokenizer import Tokenizer, build_char_lang, texts_from_cuts
 from kdasr.distill.archive import ArchiveMeta, dump_soft_labels, load_archive, load_probs
-from kdasr.ctc import ctc_loss_hard, greedy_search
 from kdasr.distill.losses import spike_agreement
 from kdasr.distill.oracle import OracleObjective, pad_transcripts, transcript_inputs
 from kdasr.models import build_model, output_lengths
-from kdasr.train.trainer import CtcObjective
 from synth import make_feature_cuts
 
 V, F, NOISE = 11, 16, 1.5

@@ -7,18 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdasr.distill.specialists import (
-    SpecialistObjective,
-    cluster_tokens,
-    combine_average,
-    combine_hinton,
-    hinton_gradient,
-    load_subsets,
-    map_targets,
-    save_subsets,
-    uncovered_matrix,
-    validate_subsets,
-)
+from kdasr.distill.specialists import SpecialistObjective, cluster_tokens, load_subsets, map_targets, save_subsets
+from kdasr.models.heads import combine_average, combine_hinton, hinton_gradient, uncovered_matrix, validate_subsets
 from kdasr.models import build_model, output_lengths
 
 

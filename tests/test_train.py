@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from kdasr.cli.main import cli
 from kdasr.data.tokenizer import build_char_lang, texts_from_cuts
-from kdasr.train.checkpoint import average_checkpoints, load_checkpoint
+from kdasr.models.checkpoint import load_checkpoint
+from kdasr.train.checkpoint import average_checkpoints
 from kdasr.train.trainer import Trainer, warmup_schedule
 from synth import make_feature_cuts
 

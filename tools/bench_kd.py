@@ -44,6 +44,7 @@ from lhotse.dataset import SimpleCutSampler
 from lhotse.utils import compute_num_frames
 
 from kdasr.config import load_config
+from kdasr.ctc import CtcObjective
 from kdasr.data.dataset import AsrDataset
 from kdasr.data.features import load_cmvn
 from kdasr.data.tokenizer import Tokenizer, build_char_lang, texts_from_cuts
@@ -58,8 +59,8 @@ from kdasr.distill.archive import (
 )
 from kdasr.distill.strategies import KDObjective, KDTargets
 from kdasr.models import build_model, output_lengths
-from kdasr.train.checkpoint import load_checkpoint, save_checkpoint
-from kdasr.train.trainer import CtcObjective
+from kdasr.models.checkpoint import load_checkpoint
+from kdasr.train.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 WORDS = ["ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE", "ZERO", "OPEN", "CLOSE",

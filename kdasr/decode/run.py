@@ -16,8 +16,8 @@ from kdasr.data.dataset import AsrDataset
 from kdasr.data.tokenizer import Tokenizer
 from kdasr.decode import Decoder, make_decoder, scan_lm_weights
 from kdasr.models import macs_per_second
+from kdasr.models.checkpoint import load_model
 from kdasr.score.wer import compute_wer, write_errs, write_recogs, write_wer_summary
-from kdasr.train.checkpoint import load_model
 from kdasr.utils.io import atomic_write_text
 
 

@@ -59,6 +59,10 @@ from lhotse.cut import Cut
 from lhotse.utils import fastcopy
 from tqdm import tqdm
 
+from kdasr.distill.align import align_to_anchor
+from kdasr.distill.losses import spike_agreement
+from kdasr.distill.oracle import dump_inputs
+from kdasr.models.checkpoint import load_model
 from kdasr.models.common import FRAME_SHIFT, SUBSAMPLING, output_lengths
 from kdasr.utils.io import Pathlike, atomic_path, atomic_write_text, save_manifest
 
@@ -651,8 +655,6 @@ def dump_from_checkpoint(
     from the cuts file name, else ``wb``). Returns :func:`dump_soft_labels`'s
     stats plus ``meta``.
     """
-    from kdasr.train.checkpoint import load_model
-
     try:
         model, ckpt = load_model(checkpoint)
     except (FileNotFoundError, RuntimeError, KeyError) as e:
@@ -686,11 +688,9 @@ def dump_from_checkpoint(
     )
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    from kdasr.distill.oracle import dump_inputs  # the Oracle Teacher also reads each cut's transcript
-
     stats = dump_soft_labels(model, cuts, archive_dir, meta, max_duration=max_duration, device=device,
                              job=job, num_jobs=num_jobs, chunk_size=chunk_size, progress=progress,
-                             model_inputs=dump_inputs(ckpt))
+                             model_inputs=dump_inputs(ckpt))  # the Oracle Teacher also reads the transcript
     stats["meta"] = meta
     return stats
 
@@ -824,11 +824,6 @@ def archive_spike_agreement(
     best path forced-aligned to both, as ``kd.align_spikes`` does with the
     transcript): how much of the disagreement is timing alone.
     """
-    import torch
-
-    from kdasr.distill.align import align_to_anchor
-    from kdasr.distill.losses import spike_agreement
-
     meta_a, cuts_a = load_archive(dir_a)
     meta_b, cuts_b = load_archive(dir_b)
     if meta_a.vocab_size != meta_b.vocab_size or meta_a.lang_hash != meta_b.lang_hash:

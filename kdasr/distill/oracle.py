@@ -13,8 +13,9 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 from lhotse.cut import Cut
 
+from kdasr.data.tokenizer import Tokenizer
 from kdasr.data.validate import cut_text
-from kdasr.train.trainer import CtcObjective
+from kdasr.ctc import CtcObjective
 
 
 def pad_transcripts(targets: Sequence[Sequence[int]], device: Any = "cpu") -> dict:
@@ -55,8 +56,6 @@ def dump_inputs(ckpt: Mapping[str, Any]) -> Optional[Callable[[list[Cut]], dict]
     """
     if ckpt["model_cfg"].get("name") != "oracle":
         return None
-    from kdasr.data.tokenizer import Tokenizer
-
     lang_dir = ckpt["config"]["data"]["lang_dir"]
     tok = Tokenizer.from_dir(lang_dir)
     if tok.hash != ckpt["lang_hash"]:

@@ -6,7 +6,8 @@ trunk's own output layer split into pieces: one trunk shared by all heads
 (``shared_trunk: true``, the cheap default) or one trunk per head. Each
 head scores ``[blank, subset..., dustbin]``; an optional ``generalist`` head
 scores the whole vocabulary. Head design, blank and dustbin handling and the
-combination rules are explained in :mod:`kdasr.distill.specialists`.
+combination rules are explained in :mod:`kdasr.distill.specialists`
+(the rules themselves are in :mod:`kdasr.models.heads`).
 
 ``forward`` returns the combined ``(B, T', V)`` log-probs, so the model is a
 teacher like any other for the soft-label dumper and the decoders;
@@ -20,7 +21,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from kdasr.distill.specialists import (
+from kdasr.models.heads import (
     COMBINE_RULES,
     average_rule,
     cover_matrix,

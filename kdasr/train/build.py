@@ -17,7 +17,8 @@ from kdasr.data.tokenizer import Tokenizer
 from kdasr.distill.oracle import OracleObjective
 from kdasr.distill.specialists import SpecialistObjective, resolve_subsets
 from kdasr.distill.strategies import KDObjective, KDTargets, check_augmentation_compatible, multistream_cuts
-from kdasr.train.trainer import DEFAULTS, Objective, TrainState, Trainer
+from kdasr.ctc import Objective
+from kdasr.train.trainer import DEFAULTS, TrainState, Trainer
 from kdasr.utils.io import save_manifest
 
 

@@ -9,12 +9,12 @@ import logging
 import random
 import re
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from kdasr.models import build_model
+from kdasr.models.checkpoint import load_checkpoint
 from kdasr.utils.io import Pathlike, atomic_path
 
 CHECKPOINT_RE = re.compile(r"^(?:checkpoint|epoch)-(\d+)\.pt$")
@@ -23,16 +23,6 @@ CHECKPOINT_RE = re.compile(r"^(?:checkpoint|epoch)-(\d+)\.pt$")
 def save_checkpoint(path: Pathlike, state: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
-
-
-def load_checkpoint(path: Pathlike, map_location: Any = "cpu") -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:
-        raise RuntimeError(f"checkpoint {path} cannot be read (corrupt or truncated?): {e}") from e
 
 
 def rng_state() -> dict:
@@ -52,18 +42,6 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def model_from_checkpoint(ckpt: dict, device: Any = "cpu") -> torch.nn.Module:
-    """Rebuild the network described by a checkpoint and load its weights."""
-    model = build_model(ckpt["model_cfg"], ckpt["num_features"], ckpt["vocab_size"])
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval()
-
-
-def load_model(path: Pathlike, device: Any = "cpu") -> tuple[torch.nn.Module, dict]:
-    ckpt = load_checkpoint(path)
-    return model_from_checkpoint(ckpt, device), ckpt
 
 
 def list_checkpoints(exp_dir: Pathlike, prefix: str = "checkpoint") -> list[Path]:

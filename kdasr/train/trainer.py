@@ -4,7 +4,7 @@ What the loop owns: the lhotse sampler, the optimizer and warm-up schedule,
 gradient clipping, AMP on GPU, the NaN/inf guard, validation, early stopping,
 checkpoints that resume exactly (sampler position and RNG state included),
 tensorboard scalars and DDP under torchrun. What a loss is comes from an
-``Objective`` (hard-label CTC here, knowledge distillation in kdasr.distill).
+``Objective`` (hard-label CTC in kdasr.ctc, knowledge distillation in kdasr.distill).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -34,13 +34,13 @@ from kdasr.data.features import load_cmvn
 from kdasr.data.subsets import hold_back_transcripts
 from kdasr.data.tokenizer import Tokenizer
 from kdasr.data.validate import filter_ctc_feasible, format_report, num_problems
-from kdasr.ctc import ctc_loss_hard, greedy_search
+from kdasr.ctc import CtcObjective, Objective, ctc_loss_hard, greedy_search
 from kdasr.models import build_model
 from kdasr.score.wer import compute_wer
+from kdasr.models.checkpoint import load_checkpoint
 from kdasr.train.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
-    load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -91,35 +91,6 @@ DEFAULTS: dict = {
         },
     },
 }
-
-
-class Objective(Protocol):
-    """Computes the training loss of one batch; KD objectives also read soft labels."""
-
-    def __call__(self, model: torch.nn.Module, batch: dict, step: int) -> tuple[torch.Tensor, dict]: ...
-
-    def state_dict(self) -> dict: ...
-
-    def load_state_dict(self, state: dict) -> None: ...
-
-
-class CtcObjective:
-    """Plain CTC on the transcripts (the hard-label baseline and every teacher)."""
-
-    def model_inputs(self, batch: dict) -> dict:
-        """Keyword inputs the model reads besides the features (none; the Oracle Teacher's transcript)."""
-        return {}
-
-    def __call__(self, model: torch.nn.Module, batch: dict, step: int) -> tuple[torch.Tensor, dict]:
-        logits, out_lens = model(batch["features"], batch["feature_lens"], **self.model_inputs(batch))
-        loss = ctc_loss_hard(logits, out_lens, batch["targets"])
-        return loss, {"ctc": loss.detach()}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
 
 def warmup_schedule(
