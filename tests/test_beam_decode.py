@@ -8,13 +8,13 @@ import torch
 from test_graph import (
     LM_TEXTS,
     batch,
-    collapse,
     frames_for,
     make_char_lang,
     posteriors,
     random_peaky,
 )
 
+from kdasr.ctc import collapse
 from kdasr.data.tokenizer import Tokenizer, build_bpe_lang
 from kdasr.decode import make_decoder
 from kdasr.decode.beam import CtcBeamDecoder

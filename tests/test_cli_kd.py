@@ -122,6 +122,29 @@ def test_two_jobs_then_merge_equal_one_job(kd_files, tmp_path) -> None:
     _assert_same_labels(one, split)
 
 
+def test_merge_refuses_an_incomplete_dump(kd_files, tmp_path) -> None:
+    out = tmp_path / "arch"
+    r = _invoke(*_dump_args(kd_files, out, "--job", "1", "--num-jobs", "3"))
+    assert r.exit_code == 0, r.output
+    job3 = [c.id for c in kd_files["cuts"]][-3:]  # 10 cuts in 3 jobs: 4, 3, 3
+    r = _invoke("archive", "merge", out)
+    assert r.exit_code != 0 and not (out / "cuts.jsonl.gz").exists()
+    assert "6 of 10 cuts have no labels" in r.output and "job(s) 2, 3 of 3" in r.output, r.output
+    assert job3[0] in r.output and "--allow-partial" in r.output
+    # a killed job is refused alike: job 2 finishes, job 3 dies after its first chunk
+    assert _invoke(*_dump_args(kd_files, out, "--job", "2", "--num-jobs", "3")).exit_code == 0
+    assert _invoke(*_dump_args(kd_files, out, "--job", "3", "--num-jobs", "3", "--chunk-size", "1")).exit_code == 0
+    last = sorted((out / "chunks").glob("chunk-3-*.jsonl.gz"))[-1]
+    (lost,) = CutSet.from_file(last).ids
+    last.unlink()
+    r = _invoke("archive", "merge", out)
+    assert r.exit_code != 0 and "1 of 10 cuts have no labels" in r.output and "job(s) 3 of 3" in r.output, r.output
+    assert lost in job3 and lost in r.output
+    r = _invoke("archive", "merge", out, "--allow-partial")
+    assert r.exit_code == 0 and "9 cuts merged" in r.output, r.output
+    assert ArchiveMeta.from_yaml(out / "meta.yaml").num_cuts == 9
+
+
 def test_killed_dump_resumes(kd_files, tmp_path) -> None:
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     args = ("--top-k", "3", "--chunk-size", "3")

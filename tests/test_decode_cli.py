@@ -22,6 +22,7 @@ from kdasr.cli.main import cli
 from kdasr.data.tokenizer import Tokenizer, build_char_lang
 from kdasr.decode.graph import build_graph
 from kdasr.models import build_model
+from kdasr.models.inference import ModelOutputs
 from kdasr.train.checkpoint import save_checkpoint
 from kdasr.utils.io import save_manifest
 
@@ -58,7 +59,7 @@ def network_output(monkeypatch) -> dict[str, torch.Tensor]:
     """Fill the returned dict with cut id -> log-probs ``(T, V)``; decoding then uses those, 3 cuts a batch."""
     table: dict[str, torch.Tensor] = {}
 
-    def fake(model, cuts: CutSet, tokenizer, device, max_duration) -> Iterator[tuple[dict, torch.Tensor, torch.Tensor]]:
+    def fake(model, cuts: CutSet, device, max_duration) -> Iterator[ModelOutputs]:
         cuts = list(cuts)
         for i in range(0, len(cuts), 3):
             chunk = cuts[i:i + 3]
@@ -67,9 +68,9 @@ def network_output(monkeypatch) -> dict[str, torch.Tensor]:
             lp = torch.full((len(items), int(lens.max()), items[0].shape[1]), -1e4)
             for b, x in enumerate(items):
                 lp[b, : x.shape[0]] = x
-            yield {"cut_ids": [c.id for c in chunk], "texts": [c.supervisions[0].text for c in chunk]}, lp, lens
+            yield ModelOutputs(chunk, lp, lens, lens * 4)
 
-    monkeypatch.setattr(run_module, "iter_log_probs", fake)
+    monkeypatch.setattr(run_module, "iter_model_outputs", fake)
     return table
 
 

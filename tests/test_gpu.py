@@ -52,5 +52,5 @@ def test_greedy_on_gpu_equals_cpu(trained):
     out = {}
     for dev in ("cpu", "cuda"):
         decoder = make_decoder("greedy", tok, device=dev)
-        out[dev] = decode_cuts(model.to(dev), cuts, tok, decoder, torch.device(dev)).hyps
+        out[dev] = decode_cuts(model.to(dev), cuts, decoder, torch.device(dev)).hyps
     assert out["cpu"] == out["cuda"]

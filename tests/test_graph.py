@@ -13,7 +13,6 @@ import kaldifst
 import pytest
 import torch
 
-from kdasr.ctc import collapse
 from kdasr.data.tokenizer import Tokenizer, build_bpe_lang, build_char_lang, build_phone_lang
 from kdasr.decode.graph import (
     GraphError,

@@ -8,13 +8,13 @@ import torch
 from test_graph import (
     LM_TEXTS,
     batch,
-    collapse,
     frames_for,
     make_char_lang,
     posteriors,
     random_peaky,
 )
 
+from kdasr.ctc import collapse
 from kdasr.data.tokenizer import Tokenizer, build_char_lang
 from kdasr.decode import make_decoder, scan_lm_weights
 from kdasr.decode.graph import GraphError, build_graph

@@ -110,13 +110,19 @@ def check(archive_dir: Path, cuts_path: Path, lang_dir: Optional[Path]) -> None:
 
 @archive.command()
 @_ARCHIVE_DIR
-def merge(archive_dir: Path) -> None:
-    """Finalize DIR after every job of a `kdasr soft-labels --num-jobs N` dump has finished."""
+@click.option("--allow-partial", is_flag=True,
+              help="Finalize even if jobs of the dump are unfinished (their cuts get no labels).")
+def merge(archive_dir: Path, allow_partial: bool) -> None:
+    """Finalize DIR after every job of a `kdasr soft-labels --num-jobs N` dump has finished.
+
+    A dump with unfinished jobs (killed, or never run) is refused, naming the
+    jobs and cuts, unless --allow-partial.
+    """
     from kdasr.distill.archive import ArchiveError, merge_jobs
 
     log_to(archive_dir, "merge")
     try:
-        cuts = merge_jobs(archive_dir)
+        cuts = merge_jobs(archive_dir, allow_partial=allow_partial)
     except ArchiveError as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"{archive_dir}: {len(cuts)} cuts merged into {archive_dir / 'cuts.jsonl.gz'}")

@@ -4,34 +4,21 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import torch
 import yaml
 from lhotse import CutSet
-from lhotse.dataset import SimpleCutSampler
 from tqdm import tqdm
 
-from kdasr.data.dataset import AsrDataset
 from kdasr.data.tokenizer import Tokenizer
+from kdasr.data.validate import cut_text
 from kdasr.decode import Decoder, make_decoder, scan_lm_weights
 from kdasr.models import macs_per_second
 from kdasr.models.checkpoint import load_model
+from kdasr.models.inference import iter_model_outputs
 from kdasr.score.wer import compute_wer, write_errs, write_recogs, write_wer_summary
 from kdasr.utils.io import atomic_write_text
-
-
-def iter_log_probs(
-    model: torch.nn.Module, cuts: CutSet, tokenizer: Tokenizer, device: torch.device, max_duration: float
-) -> Iterator[tuple[dict, torch.Tensor, torch.Tensor]]:
-    """Yield (batch, log_probs (B,T',V), out_lens) over ``cuts`` in a fixed order."""
-    loader = torch.utils.data.DataLoader(
-        AsrDataset(tokenizer), sampler=SimpleCutSampler(cuts, max_duration=max_duration), batch_size=None
-    )
-    with torch.inference_mode():
-        for batch in loader:
-            logits, out_lens = model(batch["features"].to(device), batch["feature_lens"].to(device))
-            yield batch, logits.float().log_softmax(dim=-1), out_lens
 
 
 class Decoded(NamedTuple):
@@ -46,7 +33,6 @@ class Decoded(NamedTuple):
 def decode_cuts(
     model: torch.nn.Module,
     cuts: CutSet,
-    tokenizer: Tokenizer,
     decoder: Decoder,
     device: torch.device,
     max_duration: float = 200.0,
@@ -60,15 +46,15 @@ def decode_cuts(
     out = Decoded({}, {}, {}, 0.0)
     bar = tqdm(desc="decode", total=len(cuts), unit="utt", leave=False, disable=None)
     t0 = time.perf_counter()
-    for batch, log_probs, out_lens in iter_log_probs(model, cuts, tokenizer, device, max_duration):
+    for batch in iter_model_outputs(model, cuts, device, max_duration):
         if nbest:
-            lists = decoder.hypotheses(log_probs, out_lens)  # type: ignore[attr-defined]
+            lists = decoder.hypotheses(batch.log_probs, batch.lens)  # type: ignore[attr-defined]
             texts = [hyps[0][0] for hyps in lists]
-            out.nbest.update(zip(batch["cut_ids"], lists))
+            out.nbest.update(zip(batch.cut_ids, lists))
         else:
-            texts = decoder(log_probs, out_lens)
-        for cid, ref, hyp in zip(batch["cut_ids"], batch["texts"], texts):
-            out.refs[cid], out.hyps[cid] = ref, hyp
+            texts = decoder(batch.log_probs, batch.lens)
+        for cut, hyp in zip(batch.cuts, texts):
+            out.refs[cut.id], out.hyps[cut.id] = cut_text(cut), hyp
         bar.update(len(texts))
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -79,7 +65,6 @@ def decode_cuts(
 def scan_weights_on_cuts(
     model: torch.nn.Module,
     cuts_path: Path,
-    tokenizer: Tokenizer,
     decoder_factory: Callable[[float], Decoder],
     weights: Sequence[float],
     device: torch.device,
@@ -92,9 +77,9 @@ def scan_weights_on_cuts(
     """
     cuts = CutSet.from_file(cuts_path).to_eager()
     batches, refs = [], []
-    for batch, log_probs, out_lens in iter_log_probs(model, cuts, tokenizer, device, max_duration):
-        batches.append((log_probs.cpu(), out_lens.cpu()))
-        refs += batch["texts"]
+    for batch in iter_model_outputs(model, cuts, device, max_duration):
+        batches.append((batch.log_probs.cpu(), batch.lens.cpu()))
+        refs += [cut_text(c) for c in batch.cuts]
     if not refs:
         raise ValueError(f"{cuts_path} holds no cuts to scan LM weights on")
     return scan_lm_weights(decoder_factory, batches, refs, weights)
@@ -189,7 +174,7 @@ def run_decode(
                 raise ValueError("beam search has no LM whose weight to scan: give graph_dir=<graph> or lm=<arpa>")
             return decoder
 
-        best, table = scan_weights_on_cuts(model, scan_cuts, tokenizer, with_weight, scan_weights, dev,
+        best, table = scan_weights_on_cuts(model, scan_cuts, with_weight, scan_weights, dev,
                                            max_duration)
         md = write_scan_table(out_dir, f"{set_name(scan_cuts)}-{method}", scan_cuts, best, table)
         opts["lm_weight"] = best
@@ -198,7 +183,7 @@ def run_decode(
     nbest = int(opts.get("nbest", 1)) > 1
     decoder = make_decoder(method, tokenizer, device=dev, **opts)
     try:
-        result = decode_cuts(model, cuts, tokenizer, decoder, dev, max_duration, nbest=nbest)
+        result = decode_cuts(model, cuts, decoder, dev, max_duration, nbest=nbest)
     finally:
         close = getattr(decoder, "close", None)
         if close is not None:

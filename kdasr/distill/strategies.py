@@ -39,10 +39,10 @@ from lhotse.cut import Cut
 from kdasr.config import ConfigError
 from kdasr.distill.align import align_to_anchor
 from kdasr.distill.archive import (
-    FRAME_SHIFT,
     ArchiveMeta,
     ArchiveMismatchError,
     archive_frames,
+    archive_key,
     check_loaded,
     load_archive,
     load_probs,
@@ -57,6 +57,7 @@ from kdasr.distill.losses import (
     seq_kd_loss,
     seq_kd_targets,
 )
+from kdasr.models.common import FRAME_SHIFT
 from kdasr.utils.io import Pathlike
 
 STRATEGIES = ("frame-kl", "seq", "guided")
@@ -320,10 +321,6 @@ class _Teacher:
         self.cuts = cuts
 
 
-def _cut_key(cut: Cut) -> str:
-    return str((cut.custom or {}).get("orig_id", cut.id))
-
-
 class KDTargets:
     """Everything the trainer needs for KD: archives loaded and checked, targets per batch, the loss.
 
@@ -437,7 +434,7 @@ class KDTargets:
     # ---- targets
 
     def _teacher_probs(self, teacher: _Teacher, cut: Cut, frames: int) -> np.ndarray:
-        key = _cut_key(cut)
+        key = archive_key(cut)
         arch = teacher.cuts.get(key)
         if arch is None:
             raise ArchiveMismatchError(f"cut {cut.id} (archive id {key}) is not in the archive of teacher {teacher.name} ({teacher.archive})")

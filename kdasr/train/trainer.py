@@ -24,7 +24,7 @@ import torch
 import yaml
 import torch.distributed as dist
 from lhotse import CutSet
-from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
+from lhotse.dataset import DynamicBucketingSampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -33,11 +33,12 @@ from kdasr.data.dataset import AsrDataset, spec_augment_from_config
 from kdasr.data.features import load_cmvn
 from kdasr.data.subsets import hold_back_transcripts
 from kdasr.data.tokenizer import Tokenizer
-from kdasr.data.validate import filter_ctc_feasible, format_report, num_problems
+from kdasr.data.validate import cut_text, filter_ctc_feasible, format_report, num_problems
 from kdasr.ctc import CtcObjective, Objective, ctc_loss_hard, greedy_search
 from kdasr.models import build_model
 from kdasr.score.wer import compute_wer
 from kdasr.models.checkpoint import load_checkpoint
+from kdasr.models.inference import iter_model_outputs
 from kdasr.train.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
@@ -316,25 +317,18 @@ class Trainer:
         out["grad_norm"] = float(grad_norm)
         return out
 
-    @torch.no_grad()
     def validate(self) -> dict:
         """Dev CTC loss and greedy WER (the early-stopping metric)."""
         assert self.dev_cuts is not None
         self.model.eval()
-        loader = torch.utils.data.DataLoader(
-            AsrDataset(self.tokenizer),
-            sampler=SimpleCutSampler(self.dev_cuts, max_duration=self.cfg["data"]["max_duration"]),
-            batch_size=None,
-        )
         tot_loss, n, refs, hyps = 0.0, 0, {}, {}
-        for batch in loader:
-            batch = self._to_device(batch)
-            logits, out_lens = self.model(batch["features"], batch["feature_lens"])
-            loss = ctc_loss_hard(logits.float(), out_lens, batch["targets"])
-            b = len(batch["cut_ids"])
+        for out in iter_model_outputs(self.model, self.dev_cuts, self.device, self.cfg["data"]["max_duration"]):
+            texts = [cut_text(c) for c in out.cuts]
+            loss = ctc_loss_hard(out.log_probs, out.lens, [self.tokenizer.encode(t) for t in texts])
+            b = len(out.cuts)
             tot_loss += float(loss) * b
             n += b
-            for cid, text, ids in zip(batch["cut_ids"], batch["texts"], greedy_search(logits, out_lens)):
+            for cid, text, ids in zip(out.cut_ids, texts, greedy_search(out.log_probs, out.lens)):
                 refs[cid] = text.split()
                 hyps[cid] = self.tokenizer.decode(ids).split()
         stats = compute_wer(refs, hyps)
