@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +21,14 @@ from kdasr.distill.archive import (
     archive_info,
     check_archive,
     decode_probs,
+    dequantize,
     dump_soft_labels,
     encode_log_probs,
     ensure_compatible,
     job_split,
     load_archive,
     merge_jobs,
+    payload_bytes_per_frame,
     soft_targets,
 )
 
@@ -162,6 +165,62 @@ def test_dump_round_trip(tmp_path: Path, k) -> None:
     out.rename(moved)
     _, arch2 = load_archive(moved)
     assert soft_targets([arch2[cuts[0].id]], V)[0].shape[1] == V
+
+
+@pytest.mark.parametrize("V,k,ids_dtype", [(8, None, None), (40, 8, np.uint8), (300, 8, np.int16)])
+def test_compact_form_round_trip(tmp_path: Path, V, k, ids_dtype) -> None:
+    cuts = make_cuts(tmp_path, DURS)
+    L = 16.0
+    meta = replace(meta_for(V, k), quantization="uint8", logp_range=L)
+    out = tmp_path / "arch"
+    teacher = FakeTeacher(V, sharp=6.0)
+    dump_soft_labels(teacher, cuts, out, meta, max_duration=2.0, chunk_size=3, progress=False)
+    assert "quantization: uint8" in (out / "meta.yaml").read_text() and "logp_range: 16.0" in (out / "meta.yaml").read_text()
+    assert sorted(p.suffix for p in (out / "arrays").iterdir()) == [".bin"] * 3  # no HDF5 headers per cut
+    m, arch = load_archive(out)
+    assert (m.quantization, m.logp_range) == ("uint8", L) and m.storage.endswith("uint8 in [-16, 0]")
+    for c in cuts:
+        a = arch[c.id]
+        assert a.kd_logp.load().dtype == np.uint8
+        assert (a.kd_ids.load().dtype if k else None) == ids_dtype
+        want = np.log(expected_probs(teacher, c, 2.0))
+        stored = dequantize(a.kd_logp.load(), L)
+        got = np.log(soft_targets(a, V))  # dequantized transparently, rows renormalised
+        if k is not None:
+            ids = a.kd_ids.load().astype(int)
+            np.testing.assert_array_equal(ids, np.argsort(-want, axis=1, kind="stable")[:, :k])
+            want, got, stored = np.take_along_axis(want, ids, 1), np.take_along_axis(got, ids, 1), stored[:, :k]
+        # every stored log-prob within half a step of the teacher's, clipped to -L
+        np.testing.assert_allclose(stored, np.maximum(want, -L), atol=L / 510 + 1e-4)
+        keep = want > -L
+        np.testing.assert_allclose(got[keep], want[keep], atol=2 * L / 510 + 1e-3)
+    assert check_archive(out, cuts, LANG, vocab_size=V) == []
+    info = archive_info(out)
+    assert info["quantization"] == "uint8" and info["logp_range"] == L
+    assert payload_bytes_per_frame(V, k, "uint8") == (V if k is None else 9 + 8 * np.dtype(ids_dtype).itemsize)
+    # mixing forms in one archive is refused
+    with pytest.raises(ArchiveError, match="quantization"):
+        SoftLabelWriter(out, meta_for(V, k))
+
+
+def test_compact_form_is_at_most_24_bytes_per_frame_at_k8(tmp_path: Path) -> None:
+    assert payload_bytes_per_frame(100, 8, "uint8") == 17 and payload_bytes_per_frame(100, 8) == 34
+    cuts = make_cuts(tmp_path, [2.3] * 12)  # ~58 output frames a cut, the demo's average
+    sizes = {}
+    for q in (None, "uint8"):
+        meta = replace(meta_for(100, 8), quantization=q, logp_range=16.0 if q else None)
+        dump_soft_labels(FakeTeacher(100), cuts, tmp_path / str(q), meta, progress=False)
+        sizes[q] = archive_info(tmp_path / str(q))["bytes_per_frame"]
+    assert sizes["uint8"] <= 24 < sizes[None], sizes
+
+
+def test_compact_form_refuses_bad_settings() -> None:
+    with pytest.raises(ValueError, match="logp_range"):
+        replace(meta_for(40, 8), quantization="uint8").validate()
+    with pytest.raises(ValueError, match="quantization"):
+        replace(meta_for(40, 8), quantization="int4", logp_range=8.0).validate()
+    with pytest.raises(ArchiveMismatchError, match="logp_range"):
+        decode_probs(np.zeros((2, 5), dtype=np.uint8), None, 5)
 
 
 def test_resume_after_exception_redoes_nothing(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from lhotse import CutSet
 
 from kdasr.cli.main import cli
 from kdasr.data.tokenizer import build_char_lang, texts_from_cuts
-from kdasr.distill.archive import ArchiveMeta, default_k, load_archive
+from kdasr.distill.archive import ArchiveMeta, default_k, load_archive, soft_targets
 from kdasr.models import build_model
 from kdasr.train.checkpoint import save_checkpoint
 from synth import make_feature_cuts
@@ -199,6 +199,30 @@ def test_info_numbers(kd_files, tmp_path) -> None:
     for line in ("teacher: vgg_x", "labels: top-4 of", "temperature 1.5", f"frames: {frames}",
                  f"({nbytes} bytes), {nbytes / frames:.1f} bytes/frame", "10 of 12 cuts (83.3%), 2 missing"):
         assert line in r.output, (line, r.output)
+
+
+def test_compact_dump_info_check(kd_files, tmp_path) -> None:
+    out, ref = tmp_path / "compact", tmp_path / "float16"
+    assert _invoke(*_dump_args(kd_files, ref, "--top-k", "4")).exit_code == 0
+    r = _invoke(*_dump_args(kd_files, out, "--top-k", "4", "--compact", "--logp-range", "12"))
+    assert r.exit_code == 0 and "top-4, uint8 in [-12, 0]" in r.output, r.output
+    arr = _arrays(out)
+    assert all(lp.dtype == np.uint8 and lp.shape[1] == 5 and ids.dtype == np.uint8 for lp, ids in arr.values())
+    r = _invoke("archive", "info", out, "--json")
+    info = json.loads(r.output)
+    assert info["quantization"] == "uint8" and info["logp_range"] == 12.0 and info["storage"] == "top-4, uint8 in [-12, 0]"
+    assert info["bytes_per_frame"] < json.loads(_invoke("archive", "info", ref, "--json").output)["bytes_per_frame"]
+    r = _invoke("archive", "check", out, "--cuts", kd_files["cuts_path"], "--lang-dir", kd_files["lang"])
+    assert r.exit_code == 0 and "OK" in r.output, r.output
+    # same ids, probabilities within a quantization step of the float16 archive's
+    _, a = load_archive(out)
+    _, b = load_archive(ref)
+    V = kd_files["tok"].vocab_size
+    for c in a:
+        np.testing.assert_array_equal(c.custom["kd_ids"].load(), b[c.id].custom["kd_ids"].load())
+        np.testing.assert_allclose(soft_targets(c, V), soft_targets(b[c.id], V), atol=0.05)
+    r = _invoke(*_dump_args(kd_files, tmp_path / "bad", "--logp-range", "12"))
+    assert r.exit_code != 0 and "--compact" in r.output
 
 
 def test_check_passes_and_fails_clearly(kd_files, tmp_path) -> None:

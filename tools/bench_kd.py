@@ -9,21 +9,26 @@ runs on the same machine under the same load):
     a top-k archive (``KDTargets`` + ``KDObjective``); the KD step includes
     reading and expanding the labels, which is what the trainer pays;
 (b) archive bytes per output frame, dense vs top-k (k = --ks) at vocabularies
-    30 and 500, on CTC-like synthetic distributions (blank-dominated, peaky);
+    30, 100 and 500, each float16 and compact (uint8), on CTC-like synthetic
+    distributions (blank-dominated, peaky), and of the teacher's own labels
+    with their KL to its dense float16 labels;
 (c) soft-label dump speed (seconds of audio per second) of a teacher, dense
     and top-8;
 (d) WER of CNN students trained with CTC only, and with KD from dense and
-    top-k labels of --teacher (needs --data-dir and --teacher; --skip-train
-    leaves it out).
+    top-k labels of --teacher, float16 or compact (--wer-labels; needs
+    --data-dir and --teacher; --skip-train leaves it out), each with its
+    relative difference to the dense-label students.
 
 Without --data-dir, (a)-(c) run on synthetic feature cuts with an untrained
 teacher built from --teacher-config (speed does not depend on the weights).
 With --data-dir (a recipe's data dir: fbank/cuts_{train,dev,test}_wb.jsonl.gz,
-fbank/cmvn_wb.json, lang_char/) they run on its training cuts, and on
+fbank/cmvn_wb.json, --lang) they run on its training cuts, and on
 --teacher when given.
 
     python tools/bench_kd.py --skip-train
     python tools/bench_kd.py --data-dir egs/demo/data --teacher egs/demo/exp/vgg_wb/best.pt --epochs 12
+    python tools/bench_kd.py --data-dir egs/demo/data --lang lang_bpe --teacher egs/demo/exp/cnn_wb/best.pt \
+        --wer-labels dense,top8-u8 --seeds 1,2
 """
 from __future__ import annotations
 
@@ -49,11 +54,14 @@ from kdasr.data.dataset import AsrDataset
 from kdasr.data.features import load_cmvn
 from kdasr.data.tokenizer import Tokenizer, build_char_lang, texts_from_cuts
 from kdasr.distill.archive import (
+    COMPACT_LOGP_RANGE,
     ArchiveMeta,
     SoftLabelWriter,
     archive_info,
     default_k,
     dump_from_checkpoint,
+    load_archive,
+    load_probs,
     merge_jobs,
     payload_bytes_per_frame,
 )
@@ -114,7 +122,7 @@ class Setup:
         if args.data_dir is not None:
             fb = args.data_dir / "fbank"
             self.cuts_path = fb / "cuts_train_wb.jsonl.gz"
-            self.lang_dir = args.data_dir / "lang_char"
+            self.lang_dir = args.data_dir / args.lang
             self.cmvn = load_cmvn(fb / "cmvn_wb.json") if (fb / "cmvn_wb.json").is_file() else None
         else:
             cuts = synthetic_cuts(work, args.num_cuts, args.duration, args.num_features, seed=0)
@@ -143,14 +151,27 @@ class Setup:
             self.teacher_name = f"untrained {cfg['name']} ({args.teacher_config})"
         self.hours = sum(c.duration for c in self.cuts) / 3600
 
-    def archive(self, k: Optional[int], temperature: float, device: str, fresh: bool = False) -> tuple[Path, dict]:
+    def archive(self, k: Optional[int], temperature: float, device: str, fresh: bool = False,
+                quantization: Optional[str] = None) -> tuple[Path, dict]:
         """The teacher's archive of the training cuts (dense when ``k`` is None); ``fresh`` dumps it again."""
-        out = self.work / "archives" / f"T{temperature:g}_{'dense' if k is None else f'top{k}'}"
+        out = self.work / "archives" / f"T{temperature:g}_{_label_name(k, quantization)}"
         if fresh and out.exists():
             shutil.rmtree(out)
         stats = dump_from_checkpoint(self.teacher, self.cuts_path, out, k=k, temperature=temperature,
-                                     device=device, progress=False)
+                                     quantization=quantization, device=device, progress=False)
         return out, stats
+
+
+def _label_name(k: Optional[int], quantization: Optional[str]) -> str:
+    """``dense``, ``top8``, ``top8-u8``...: the names ``--wer-labels`` takes."""
+    return ("dense" if k is None else f"top{k}") + ("-u8" if quantization else "")
+
+
+def _parse_label_name(name: str) -> tuple[Optional[int], Optional[str]]:
+    base, _, q = name.partition("-")
+    if q not in ("", "u8") or not (base == "dense" or (base.startswith("top") and base[3:].isdigit())):
+        raise SystemExit(f"--wer-labels: {name!r} is not ctc, dense, top<K>, dense-u8 or top<K>-u8")
+    return (None if base == "dense" else int(base[3:])), ("uint8" if q else None)
 
 
 # --------------------------------------------------------------------------- (c) dump speed
@@ -283,28 +304,55 @@ def _ctc_like_logp(T: int, V: int, rng: np.random.Generator) -> np.ndarray:
 def bench_bytes(cuts: CutSet, work: Path, vocabs: list[int], ks: list[int]) -> None:
     print(f"\n(b) archive bytes per output frame ({len(cuts)} cuts, "
           f"{sum(output_lengths(c.num_frames) for c in cuts)} frames of synthetic CTC-like labels)")
-    print(f"    {'vocab':>5} {'labels':<8} {'payload B':>9} {'arrays B':>9} {'on disk B':>9} {'vs dense':>8}  default")
+    print(f"    {'vocab':>5} {'labels':<12} {'payload B':>9} {'arrays B':>9} {'on disk B':>9} {'vs dense':>8}  default")
     for V in vocabs:
         rng = np.random.default_rng(V)
         logps = {c.id: _ctc_like_logp(output_lengths(c.num_frames), V, rng) for c in cuts}
         dense_bpf = None
         for k in [None] + [k for k in ks if k < V]:
-            out = work / "bytes" / f"V{V}_{'dense' if k is None else k}"
-            shutil.rmtree(out, ignore_errors=True)
-            meta = ArchiveMeta(teacher="synthetic", checkpoint="-", lang_hash="-", vocab_size=V, k=k)
-            with SoftLabelWriter(out, meta) as w:
-                for c in cuts:
-                    w.add(c, logps[c.id])
-            merge_jobs(out)
-            info = archive_info(out)
-            arrays = sum(p.stat().st_size for p in (out / "arrays").iterdir()) / info["total_frames"]
-            if k is None:
-                dense_bpf = info["bytes_per_frame"]
-            name = "dense" if k is None else f"top-{k}"
-            mark = "<-" if k == default_k(V) else ""
-            print(f"    {V:5d} {name:<8} {payload_bytes_per_frame(V, k):9d} {arrays:9.1f} "
-                  f"{info['bytes_per_frame']:9.1f} {info['bytes_per_frame'] / dense_bpf:8.3f}  {mark}")
-    print("    (payload: the arrays' bytes; arrays: HDF5 files; on disk: the whole directory, manifests included)")
+            for q in (None, "uint8"):
+                name = _label_name(k, q)
+                out = work / "bytes" / f"V{V}_{name}"
+                shutil.rmtree(out, ignore_errors=True)
+                meta = ArchiveMeta(teacher="synthetic", checkpoint="-", lang_hash="-", vocab_size=V, k=k,
+                                   quantization=q, logp_range=COMPACT_LOGP_RANGE if q else None)
+                with SoftLabelWriter(out, meta) as w:
+                    for c in cuts:
+                        w.add(c, logps[c.id])
+                merge_jobs(out)
+                info = archive_info(out)
+                arrays = sum(p.stat().st_size for p in (out / "arrays").iterdir()) / info["total_frames"]
+                if dense_bpf is None:
+                    dense_bpf = info["bytes_per_frame"]
+                mark = "<-" if k == default_k(V) and q is None else ""
+                print(f"    {V:5d} {name:<12} {payload_bytes_per_frame(V, k, q):9d} {arrays:9.1f} "
+                      f"{info['bytes_per_frame']:9.1f} {info['bytes_per_frame'] / dense_bpf:8.3f}  {mark}")
+    print("    (payload: the arrays' bytes; arrays: the arrays files (HDF5, or raw bytes for -u8); on disk: the\n"
+          "     whole directory, manifests included; -u8: the compact form, uint8 log-probs in "
+          f"[-{COMPACT_LOGP_RANGE:g}, 0] and uint8 ids)")
+
+
+def bench_teacher_labels(setup: Setup, ks: list[int], temperature: float, device: str) -> None:
+    """Bytes per frame of the teacher's own labels in each form, and how far each is from its dense float16 labels."""
+    V = setup.tok.vocab_size
+    forms = [(None, None), (None, "uint8")] + [(k, q) for k in ks if k < V for q in (None, "uint8")]
+    probs: dict[str, dict[str, np.ndarray]] = {}
+    print(f"\n(b') the teacher's labels of the training cuts ({setup.teacher_name}, T={temperature:g}): "
+          f"each form against the dense float16 labels")
+    print(f"    {'labels':<12} {'on disk B/frame':>15} {'KL nats/frame':>14} {'argmax agreement':>17}")
+    for k, q in forms:
+        name = _label_name(k, q)
+        out, _ = setup.archive(k, temperature, device, quantization=q)
+        meta, cuts = load_archive(out)
+        probs[name] = {c.id: load_probs(c, meta.vocab_size) for c in cuts}
+        ref = probs["dense"]
+        kl, agree, frames = 0.0, 0, 0
+        for cid, p in ref.items():
+            r = probs[name][cid]
+            kl += float((p * (np.log(np.maximum(p, 1e-30)) - np.log(np.maximum(r, 1e-30)))).sum())
+            agree += int((p.argmax(1) == r.argmax(1)).sum())
+            frames += p.shape[0]
+        print(f"    {name:<12} {archive_info(out)['bytes_per_frame']:15.1f} {kl / frames:14.2e} {agree / frames:17.5f}")
 
 
 # --------------------------------------------------------------------------- (d) WER
@@ -322,18 +370,24 @@ def bench_wer(setup: Setup, args: argparse.Namespace, device: str) -> None:
         base["data"]["cmvn"] = str(fb / "cmvn_wb.json")
     base.setdefault("train", {}).update(epochs=args.epochs, device=device)
     V = setup.tok.vocab_size
-    kinds: list[tuple[str, Optional[dict]]] = [("ctc", None)]
-    for k in [None] + [k for k in args.ks if k < V]:
-        path, _ = setup.archive(k, args.temperature, device)
-        kinds.append(("kd dense" if k is None else f"kd top-{k}", {
+    names = args.wer_labels or ["ctc", "dense"] + [f"top{k}" for k in args.ks if k < V]
+    kinds: list[tuple[str, Optional[dict]]] = []
+    for label in names:
+        if label == "ctc":
+            kinds.append(("ctc", None))
+            continue
+        k, q = _parse_label_name(label)
+        path, _ = setup.archive(k, args.temperature, device, quantization=q)
+        kinds.append((f"kd {label}", {
             "strategy": "frame-kl", "lambda": args.kd_lambda, "teachers": [{"name": "teacher", "archive": str(path)}]}))
     test = fb / "cuts_test_wb.jsonl.gz"
     print(f"\n(d) WER of {base['model']['name']} students ({args.student_config}), {args.epochs} epochs, "
           f"seeds {args.seeds}, teacher {setup.teacher_name}, T={args.temperature:g}, lambda={args.kd_lambda:g}"
           + (f", {' '.join(args.overrides)}" if args.overrides else ""))
-    print(f"    {'targets':<12} {'dev WER %':>10} {'test WER %':>11} {'train s':>8}")
+    print(f"    {'targets':<12} {'dev WER %':>10} {'test WER %':>11} {'vs kd dense':>12} {'train s':>8}  per seed (test)")
     teacher_wer = run_decode(Path(setup.teacher), test, setup.lang_dir, setup.work / "decode_teacher",
                              "greedy", device)["wer"]
+    dense_test: Optional[float] = None
     for name, kd in kinds:
         dev, tst, secs = [], [], []
         for seed in args.seeds:
@@ -350,8 +404,14 @@ def bench_wer(setup: Setup, args: argparse.Namespace, device: str) -> None:
                 raise SystemExit(f"{exp}: the trainer ignored the kd section (no train_kd in its history)")
             dev.append(min(h.get("dev_wer", float("nan")) for h in state.history))
             tst.append(run_decode(exp / "best.pt", test, setup.lang_dir, exp / "decode_test", "greedy", device)["wer"])
-        print(f"    {name:<12} {statistics.mean(dev):10.2f} {statistics.mean(tst):11.2f} {statistics.mean(secs):8.1f}")
-    print(f"    (teacher test WER {teacher_wer:.2f}%; dev WER: best epoch, greedy; test: best.pt, greedy)")
+        mean_test = statistics.mean(tst)
+        if name == "kd dense":
+            dense_test = mean_test
+        rel = f"{100 * (mean_test - dense_test) / dense_test:+11.2f}%" if dense_test else f"{'-':>12}"
+        print(f"    {name:<12} {statistics.mean(dev):10.2f} {mean_test:11.2f} {rel} {statistics.mean(secs):8.1f}  "
+              + " ".join(f"{x:.2f}" for x in tst), flush=True)
+    print(f"    (teacher test WER {teacher_wer:.2f}%; dev WER: best epoch, greedy; test: best.pt, greedy;\n"
+          "     vs kd dense: relative difference of the mean test WER to the students of dense float16 labels)")
 
 
 # --------------------------------------------------------------------------- main
@@ -378,7 +438,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8, help="(a): batches per round.")
     p.add_argument("--rounds", type=int, default=3, help="(a): timed rounds over the batches (median reported).")
     p.add_argument("--dump-rounds", type=int, default=3, help="(c): dumps of each kind (median reported).")
-    p.add_argument("--vocabs", type=_ints, default=[30, 500], help="(b): vocabulary sizes.")
+    p.add_argument("--vocabs", type=_ints, default=[30, 100, 500], help="(b): vocabulary sizes.")
+    p.add_argument("--lang", default="lang_char", help="Lang dir under --data-dir (lang_char, lang_bpe, ...).")
+    p.add_argument("--wer-labels", type=lambda s: [x for x in s.split(",") if x], default=None,
+                   help="(d): students to train, e.g. ctc,dense,top8,top8-u8 (-u8: compact) "
+                        "[default: ctc, dense and top<K> for each of --ks].")
+    p.add_argument("--only", type=lambda s: set(s.split(",")), default={"a", "b", "c", "d"},
+                   help="Parts to run, e.g. b,d [default: all].")
     p.add_argument("--ks", type=_ints, default=[4, 8, 16], help="(b), (d): top-k sizes.")
     p.add_argument("--temperature", type=float, default=2.0, help="Soft-label temperature.")
     p.add_argument("--kd-lambda", type=float, default=0.5, help="(d): weight of the KD term.")
@@ -406,12 +472,16 @@ def main() -> None:
               f"{setup.tok.vocab_size}, device {device}, {torch.get_num_threads()} CPU threads")
         V = setup.tok.vocab_size
         dump_ks: list[Optional[int]] = [None] + ([8] if 8 < V else [])
-        archives = bench_dump(setup, dump_ks, args.temperature, device.type, args.dump_rounds)
-        student_cfg = load_config(args.student_config)["model"]
-        bench_steps(setup, archives, student_cfg, args.max_duration, args.steps, args.rounds, device)
-        bench_bytes(setup.cuts, work, args.vocabs, args.ks)
-        if args.skip_train:
-            print("\n(d) skipped (--skip-train)")
+        if "c" in args.only or "a" in args.only:
+            archives = bench_dump(setup, dump_ks, args.temperature, device.type, args.dump_rounds)
+        if "a" in args.only:
+            student_cfg = load_config(args.student_config)["model"]
+            bench_steps(setup, archives, student_cfg, args.max_duration, args.steps, args.rounds, device)
+        if "b" in args.only:
+            bench_bytes(setup.cuts, work, args.vocabs, args.ks)
+            bench_teacher_labels(setup, [k for k in args.ks if k == 8] or args.ks[:1], args.temperature, device.type)
+        if "d" not in args.only or args.skip_train:
+            print("\n(d) skipped (--skip-train or --only)")
         elif args.data_dir is None or args.teacher is None:
             print("\n(d) skipped: needs --data-dir and --teacher (a real corpus and a trained teacher)")
         else:

@@ -22,6 +22,11 @@ from kdasr.cli.common import check_job, job_options, log_to
               help="Store the K most probable tokens per frame plus the remaining mass "
                    "[default: dense up to 64 tokens, else 8].")
 @click.option("--dense", is_flag=True, help="Store the whole distribution of every frame.")
+@click.option("--compact", is_flag=True,
+              help="Compact form: log-probs quantized to uint8 (and uint8 token ids up to 256 tokens), "
+                   "about half the bytes of the float16 default.")
+@click.option("--logp-range", type=click.FloatRange(min=0, min_open=True, max=80), default=None,
+              help="With --compact: log-probs are clipped to [-L, 0] and stored in 255 steps [default: 16].")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0,
               help="Softmax temperature applied to the teacher's logits.")
 @click.option("--teacher-name", default=None, help="Teacher name in the archive [default: the checkpoint's exp dir name].")
@@ -35,7 +40,7 @@ from kdasr.cli.common import check_job, job_options, log_to
               help="Cuts per chunk: a killed job loses at most one chunk and resumes after the last one.")
 @job_options
 def soft_labels(checkpoint: Path, cuts_path: Path, out_dir: Path, top_k: Optional[int], dense: bool,
-                temperature: float, teacher_name: Optional[str], view: Optional[str], device: str,
+                compact: bool, logp_range: Optional[float], temperature: float, teacher_name: Optional[str], view: Optional[str], device: str,
                 max_duration: float, chunk_size: int, job: int, num_jobs: int) -> None:
     """Run a teacher over this job's share of CUTS and write its soft labels, keyed by cut id.
 
@@ -43,11 +48,14 @@ def soft_labels(checkpoint: Path, cuts_path: Path, out_dir: Path, top_k: Optiona
     the archive is finalized at the end; with more jobs, run
     `kdasr archive merge OUT_DIR` once every job has finished.
     """
+    from kdasr.data.errors import DataError
     from kdasr.distill.archive import ArchiveError, ArchiveMismatchError, dump_from_checkpoint
 
     check_job(job, num_jobs)
     if dense and top_k is not None:
         raise click.UsageError("--top-k and --dense exclude each other")
+    if logp_range is not None and not compact:
+        raise click.UsageError("--logp-range is the scale of --compact; give both or neither")
     if device == "cuda":
         import torch
 
@@ -57,15 +65,16 @@ def soft_labels(checkpoint: Path, cuts_path: Path, out_dir: Path, top_k: Optiona
     k = None if dense else (top_k if top_k is not None else "auto")
     try:
         stats = dump_from_checkpoint(
-            checkpoint, cuts_path, out_dir, k=k, temperature=temperature, teacher=teacher_name, view=view,
+            checkpoint, cuts_path, out_dir, k=k, temperature=temperature, quantization="uint8" if compact else None,
+            logp_range=logp_range, teacher=teacher_name, view=view,
             device=device, max_duration=max_duration, job=job, num_jobs=num_jobs, chunk_size=chunk_size,
             progress=sys.stderr.isatty(),
         )
-    except (ArchiveError, ArchiveMismatchError, ValueError) as e:
+    except (ArchiveError, ArchiveMismatchError, DataError, ValueError) as e:
         logging.error("%s", e)
         raise click.ClickException(str(e)) from e
     meta = stats["meta"]
-    storage = "dense" if meta.k is None else f"top-{meta.k}"
+    storage = meta.storage
     click.echo(
         f"job {job}/{num_jobs}: teacher {meta.teacher} ({storage} of {meta.vocab_size}, T={meta.temperature:g}): "
         f"{stats['done']} cuts written, {stats['skipped']} already in the archive; "

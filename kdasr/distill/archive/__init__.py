@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from kdasr.distill.archive.dump import dump_from_checkpoint, dump_soft_labels
 from kdasr.distill.archive.format import (
+    COMPACT_LOGP_RANGE,
     LOGP_FLOOR,
     ArchiveError,
     ArchiveMeta,
@@ -26,8 +27,10 @@ from kdasr.distill.archive.format import (
     archive_key,
     decode_probs,
     default_k,
+    dequantize,
     encode_log_probs,
     payload_bytes_per_frame,
+    quantize,
 )
 from kdasr.distill.archive.inspection import (
     archive_info,
@@ -40,6 +43,7 @@ from kdasr.distill.archive.reader import archive_frames, load_archive, load_prob
 from kdasr.distill.archive.writer import SoftLabelWriter, job_split, merge_jobs
 
 __all__ = [
+    "COMPACT_LOGP_RANGE",
     "LOGP_FLOOR",
     "ArchiveError",
     "ArchiveMeta",
@@ -53,6 +57,7 @@ __all__ = [
     "check_loaded",
     "decode_probs",
     "default_k",
+    "dequantize",
     "dump_from_checkpoint",
     "dump_soft_labels",
     "encode_log_probs",
@@ -62,5 +67,6 @@ __all__ = [
     "load_probs",
     "merge_jobs",
     "payload_bytes_per_frame",
+    "quantize",
     "soft_targets",
 ]

@@ -12,7 +12,7 @@ from lhotse import CutSet
 from lhotse.cut import Cut
 from tqdm import tqdm
 
-from kdasr.distill.archive.format import ArchiveError, ArchiveMeta, ArchiveMismatchError, default_k
+from kdasr.distill.archive.format import COMPACT_LOGP_RANGE, ArchiveError, ArchiveMeta, ArchiveMismatchError, default_k
 from kdasr.distill.archive.writer import SoftLabelWriter, job_split, merge_jobs, record_plan
 from kdasr.distill.oracle import dump_inputs
 from kdasr.models.checkpoint import load_model
@@ -126,6 +126,8 @@ def dump_from_checkpoint(
     archive_dir: Pathlike,
     k: Union[int, str, None] = "auto",
     temperature: float = 1.0,
+    quantization: Optional[str] = None,
+    logp_range: Optional[float] = None,
     teacher: Optional[str] = None,
     view: Optional[str] = None,
     device: str = "auto",
@@ -138,7 +140,9 @@ def dump_from_checkpoint(
     """Load a teacher checkpoint and dump its soft labels for job ``job`` of ``num_jobs`` (``kdasr soft-labels``).
 
     ``k``: an int for top-k, ``None`` for dense, ``"auto"`` for
-    :func:`default_k` of the checkpoint's vocabulary. The meta records the
+    :func:`default_k` of the checkpoint's vocabulary. ``quantization="uint8"``
+    writes the compact form (``logp_range`` default
+    :data:`~kdasr.distill.archive.format.COMPACT_LOGP_RANGE`). The meta records the
     checkpoint path as given, the checkpoint's lang hash, and ``teacher``
     (default: :func:`teacher_name_from_checkpoint`) and ``view`` (default:
     from the cuts file name, else ``wb``). Returns :func:`dump_soft_labels`'s
@@ -173,6 +177,8 @@ def dump_from_checkpoint(
         frame_shift=FRAME_SHIFT,
         temperature=float(temperature),
         k=None if k is None else int(k),
+        quantization=quantization,
+        logp_range=(COMPACT_LOGP_RANGE if logp_range is None else float(logp_range)) if quantization else logp_range,
         view=view or view_from_cuts_path(cuts_path) or "wb",
     )
     if device == "auto":

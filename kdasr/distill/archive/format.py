@@ -5,8 +5,9 @@ Layout of an archive directory (docs/ARCHITECTURE.md, Soft-label archive)::
     meta.yaml                       teacher, checkpoint, lang hash, vocab size, frame shift,
                                     temperature, k (or dense), view, num_cuts, created
     cuts.jsonl.gz                   every cut, with custom fields ``kd_logp`` (and ``kd_ids``)
-    arrays/chunk-<job>-<n>.h5       the arrays (lhotse ``NumpyHdf5Writer``)
-    chunks/chunk-<job>-<n>.jsonl.gz the cuts whose arrays live in the matching .h5
+    arrays/chunk-<job>-<n>.h5       the arrays (lhotse ``NumpyHdf5Writer``; ``.bin``: the compact
+                                    form's raw bytes, :mod:`kdasr.distill.archive.storage`)
+    chunks/chunk-<job>-<n>.jsonl.gz the cuts whose arrays live in the matching arrays file
     plan.json.gz                    what the dump covers: its cut ids and number of jobs
 
 Top-k storage: ``kd_logp`` is ``(T', k+1)`` float16, the log-probs of the k
@@ -39,7 +40,16 @@ LOGP_FLOOR = -80.0
 """Smallest log-prob stored: float16 holds it exactly, and ``exp`` of it is ~1.8e-35."""
 
 MAX_INT16_VOCAB = int(np.iinfo(np.int16).max) + 1
-"""Top-k ids are int16, so a top-k archive supports vocabularies up to 32768 tokens."""
+"""Top-k ids are at most int16, so a top-k archive supports vocabularies up to 32768 tokens."""
+
+MAX_UINT8_VOCAB = 256
+"""The compact form stores top-k ids as uint8 up to this many tokens (int16 above)."""
+
+QUANTIZATIONS = (None, "uint8")
+"""``None``: float16 log-probs (the default); ``"uint8"``: the compact form (:func:`quantize`)."""
+
+COMPACT_LOGP_RANGE = 16.0
+"""Default ``L`` of the compact form: log-probs clipped to ``[-L, 0]`` in 255 steps of L/255 nats."""
 
 META_FILE = "meta.yaml"
 CUTS_FILE = "cuts.jsonl.gz"
@@ -48,6 +58,8 @@ CHUNKS_DIR = "chunks"
 PLAN_FILE = "plan.json.gz"
 LOGP_FIELD = "kd_logp"
 IDS_FIELD = "kd_ids"
+LOGP_RANGE_FIELD = "kd_logp_range"
+"""Cut custom field of a compact archive: its ``L``, so a cut's labels dequantize without the meta."""
 _CHUNK_RE = re.compile(r"^chunk-(\d+)-(\d+)\.jsonl\.gz$")
 
 
@@ -68,7 +80,8 @@ class ArchiveMeta:
 
     ``k=None`` means dense storage (the whole distribution), which is what a
     small vocabulary (characters, phones) should use: top-k saves little there
-    and loses the tail.
+    and loses the tail. ``quantization="uint8"`` is the compact form, with
+    ``logp_range`` its ``L`` (see :func:`quantize`).
     """
 
     teacher: str
@@ -81,6 +94,8 @@ class ArchiveMeta:
     view: str = "wb"
     num_cuts: int = 0
     created: str = field(default_factory=lambda: _dt.datetime.now().isoformat(timespec="seconds"))
+    quantization: Optional[str] = None
+    logp_range: Optional[float] = None
 
     @property
     def dense(self) -> bool:
@@ -103,6 +118,21 @@ class ArchiveMeta:
                     f"archive of teacher {self.teacher!r}: vocab_size {self.vocab_size} does not fit the int16 "
                     f"token ids of a top-k archive (at most {MAX_INT16_VOCAB})"
                 )
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"archive of teacher {self.teacher!r}: quantization must be one of {QUANTIZATIONS}, "
+                             f"got {self.quantization!r}")
+        if (self.quantization is None) != (self.logp_range is None):
+            raise ValueError(f"archive of teacher {self.teacher!r}: logp_range goes with quantization uint8 only "
+                             f"(got quantization {self.quantization!r}, logp_range {self.logp_range!r})")
+        if self.logp_range is not None and not 0 < self.logp_range <= -LOGP_FLOOR:
+            raise ValueError(f"archive of teacher {self.teacher!r}: logp_range must lie in (0, {-LOGP_FLOOR}], "
+                             f"got {self.logp_range}")
+
+    @property
+    def storage(self) -> str:
+        """``dense`` or ``top-K``, plus ``, uint8 in [-L, 0]`` for the compact form (what ``archive info`` prints)."""
+        base = "dense" if self.dense else f"top-{self.k}"
+        return base if self.quantization is None else f"{base}, {self.quantization} in [-{self.logp_range:g}, 0]"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -157,9 +187,19 @@ DEFAULT_TOP_K = 8
 """k that :func:`default_k` picks above :data:`DENSE_MAX_VOCAB` tokens."""
 
 
-def payload_bytes_per_frame(vocab_size: int, k: Optional[int]) -> int:
-    """Array bytes one output frame takes: ``2V`` dense (float16), ``2(k+1) + 2k`` top-k (float16 + int16)."""
-    return 2 * vocab_size if k is None else 2 * (k + 1) + 2 * k
+def ids_dtype(vocab_size: int, quantization: Optional[str]) -> np.dtype:
+    """Top-k id type: int16, or uint8 in the compact form when the vocabulary fits (<= 256 tokens)."""
+    small = quantization is not None and vocab_size <= MAX_UINT8_VOCAB
+    return np.dtype(np.uint8 if small else np.int16)
+
+
+def payload_bytes_per_frame(vocab_size: int, k: Optional[int], quantization: Optional[str] = None) -> int:
+    """Array bytes one output frame takes: ``2V`` dense, ``2(k+1) + 2k`` top-k (float16 + int16);
+    compact (uint8): ``V`` dense, ``(k+1) + k`` top-k up to 256 tokens (``(k+1) + 2k`` above)."""
+    value = 2 if quantization is None else 1
+    if k is None:
+        return value * vocab_size
+    return value * (k + 1) + ids_dtype(vocab_size, quantization).itemsize * k
 
 
 def default_k(vocab_size: int) -> Optional[int]:
@@ -179,13 +219,43 @@ def default_k(vocab_size: int) -> Optional[int]:
 # --------------------------------------------------------------------------- encoding
 
 
-def encode_log_probs(log_probs: np.ndarray, k: Optional[int], cut_id: str = "?") -> tuple[np.ndarray, Optional[np.ndarray]]:
+def quantize(logp: np.ndarray, logp_range: float) -> np.ndarray:
+    """The compact form's codec: log-probs clipped to ``[-L, 0]``, linearly to uint8 (0 = log 1, 255 = -L).
+
+    A fixed scale (recorded in ``meta.yaml`` and on every cut) rather than one
+    per frame: every stored log-prob is then within ``L/510`` nats of the
+    teacher's (L = 16: 0.031, i.e. each probability within 3.2%), whatever
+    the frame's range; a per-frame scale would be finer on flat frames but
+    coarser on the peaky ones CTC teachers mostly emit, where a spike's
+    runner-ups sit 10-30 nats below it. What is clipped is below
+    ``exp(-L)`` (1e-7 at L = 16), nothing a KL or CE target can feel.
+    """
+    x = np.clip(-np.asarray(logp, dtype=np.float64), 0.0, logp_range) * (255.0 / logp_range)
+    return np.rint(x).astype(np.uint8)
+
+
+def dequantize(q: np.ndarray, logp_range: float) -> np.ndarray:
+    """Inverse of :func:`quantize` (to the nearest of its 256 levels), as float32 log-probs."""
+    return (np.asarray(q, dtype=np.float32) * np.float32(-logp_range / 255.0)).astype(np.float32)
+
+
+def encode_log_probs(
+    log_probs: np.ndarray,
+    k: Optional[int],
+    cut_id: str = "?",
+    quantization: Optional[str] = None,
+    logp_range: Optional[float] = None,
+) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """Turn ``(T', V)`` log-probs into what an archive stores: ``(logp, ids)`` (``ids`` None when dense).
 
     The rows must be normalised log-probabilities (``log_softmax`` output): a
     row whose ``logsumexp`` is far from 0 almost always means logits were
     passed by mistake, and would make the remaining-mass column meaningless.
+    ``quantization="uint8"`` gives the compact form: :func:`quantize` with
+    ``logp_range`` and :func:`ids_dtype` ids.
     """
+    if quantization is not None and (quantization not in QUANTIZATIONS or logp_range is None):
+        raise ValueError(f"cut {cut_id}: quantization {quantization!r} needs to be uint8, with a logp_range")
     lp = np.asarray(log_probs, dtype=np.float64)
     if lp.ndim != 2:
         raise ValueError(f"cut {cut_id}: soft labels must be (frames, vocab), got shape {lp.shape}")
@@ -199,9 +269,14 @@ def encode_log_probs(log_probs: np.ndarray, k: Optional[int], cut_id: str = "?")
                 f"cut {cut_id}: rows of the soft labels are not normalised log-probs "
                 f"(|logsumexp| up to {worst:.3g}); pass log_softmax(logits / T), not logits"
             )
-    if k is None:
-        return np.maximum(lp, LOGP_FLOOR).astype(np.float16), None
     V = lp.shape[1]
+
+    def stored(x: np.ndarray) -> np.ndarray:
+        x = np.maximum(x, LOGP_FLOOR)
+        return x.astype(np.float16) if quantization is None else quantize(x, logp_range)
+
+    if k is None:
+        return stored(lp), None
     if not 1 <= k < V:
         raise ValueError(f"cut {cut_id}: k={k} must lie in 1..{V - 1} for a vocabulary of {V}")
     # indices of the k largest per row, in decreasing order (ties: lowest id first, stable)
@@ -211,10 +286,12 @@ def encode_log_probs(log_probs: np.ndarray, k: Optional[int], cut_id: str = "?")
     top = np.take_along_axis(lp, ids, axis=1)
     rest = _logsumexp(np.take_along_axis(lp, rest_idx, axis=1), axis=1) if lp.shape[0] else np.zeros(0)
     logp = np.concatenate([top, rest[:, None]], axis=1)
-    return np.maximum(logp, LOGP_FLOOR).astype(np.float16), ids.astype(np.int16)
+    return stored(logp), ids.astype(ids_dtype(V, quantization))
 
 
-def decode_probs(logp: np.ndarray, ids: Optional[np.ndarray], vocab_size: int, cut_id: str = "?") -> np.ndarray:
+def decode_probs(
+    logp: np.ndarray, ids: Optional[np.ndarray], vocab_size: int, cut_id: str = "?", logp_range: Optional[float] = None
+) -> np.ndarray:
     """Stored arrays back to a full ``(T', V)`` float32 probability matrix.
 
     Top-k: the k stored tokens get their stored probability; the remaining
@@ -223,8 +300,13 @@ def decode_probs(logp: np.ndarray, ids: Optional[np.ndarray], vocab_size: int, c
     nearly all of the mass, so the shape of the tail barely moves a KL or CE
     loss while keeping the distribution proper (no token gets probability 0,
     so the student is never pushed towards -inf on a token).
-    Rows are renormalised to sum to 1, which removes the float16 rounding.
+    Rows are renormalised to sum to 1, which removes the float16 rounding
+    (or the uint8 steps: compact arrays are dequantized with ``logp_range``).
     """
+    if np.asarray(logp).dtype == np.uint8:
+        if logp_range is None:
+            raise ArchiveMismatchError(f"cut {cut_id}: compact (uint8) soft labels need their logp_range to be read")
+        logp = dequantize(logp, logp_range)
     logp = np.asarray(logp, dtype=np.float32)
     if ids is None:
         if logp.ndim != 2 or logp.shape[1] != vocab_size:
@@ -272,6 +354,11 @@ def chunk_manifests(archive_dir: Path) -> list[tuple[int, int, Path]]:
 
 def chunk_name(job: int, n: int) -> str:
     return f"chunk-{job}-{n:05d}"
+
+
+def arrays_suffix(meta: ArchiveMeta) -> str:
+    """File suffix of a chunk's arrays: ``.h5`` (float16, HDF5) or ``.bin`` (compact, raw bytes)."""
+    return ".h5" if meta.quantization is None else ".bin"
 
 
 def archive_key(cut: Cut) -> str:

@@ -21,6 +21,7 @@ from kdasr.distill.archive.format import (
     CUTS_FILE,
     IDS_FIELD,
     LOGP_FIELD,
+    LOGP_RANGE_FIELD,
     META_FILE,
     ArchiveError,
     ArchiveMeta,
@@ -65,7 +66,7 @@ def load_probs(cut: Cut, vocab_size: int) -> np.ndarray:
     except Exception as e:
         path = custom[LOGP_FIELD].array.storage_path if isinstance(custom[LOGP_FIELD], TemporalArray) else "?"
         raise ArchiveError(f"cannot read the soft labels of cut {cut.id} from {path}: {e}") from e
-    return decode_probs(logp, ids, vocab_size, cut.id)
+    return decode_probs(logp, ids, vocab_size, cut.id, custom.get(LOGP_RANGE_FIELD))
 
 
 def soft_targets(

@@ -31,14 +31,17 @@ from kdasr.distill.archive.format import (
     CUTS_FILE,
     IDS_FIELD,
     LOGP_FIELD,
+    LOGP_RANGE_FIELD,
     META_FILE,
     PLAN_FILE,
     ArchiveError,
     ArchiveMeta,
     chunk_manifests,
+    arrays_suffix,
     chunk_name,
     encode_log_probs,
 )
+from kdasr.distill.archive.storage import RawChunkyWriter
 from kdasr.utils.io import Pathlike, atomic_path, save_manifest
 
 
@@ -57,7 +60,7 @@ class SoftLabelWriter:
     """Write one job's soft labels into an archive directory, chunk by chunk.
 
     ``add`` only buffers; every ``chunk_size`` cuts the buffer becomes
-    ``arrays/chunk-<job>-<n>.h5`` then ``chunks/chunk-<job>-<n>.jsonl.gz``,
+    ``arrays/chunk-<job>-<n>.h5`` (``.bin`` in the compact form) then ``chunks/chunk-<job>-<n>.jsonl.gz``,
     each renamed into place. Leaving a ``with`` block (normally or through an
     exception) writes the partial chunk too: every buffered cut is complete,
     so only a hard kill loses work, and then at most one chunk.
@@ -128,7 +131,7 @@ class SoftLabelWriter:
             raise ValueError(
                 f"cut {cut.id}: soft labels of shape {tuple(log_probs.shape)}, expected (frames, {self.meta.vocab_size})"
             )
-        logp, ids = encode_log_probs(log_probs, self.meta.k, cut.id)
+        logp, ids = encode_log_probs(log_probs, self.meta.k, cut.id, self.meta.quantization, self.meta.logp_range)
         self._pending.append((cut, logp, ids))
         self._pending_ids.add(cut.id)
         if len(self._pending) >= self.chunk_size:
@@ -139,21 +142,24 @@ class SoftLabelWriter:
         if not self._pending:
             return
         name = chunk_name(self.job, self._next_chunk)
-        rel_h5 = f"{ARRAYS_DIR}/{name}.h5"
+        rel_path = f"{ARRAYS_DIR}/{name}{arrays_suffix(self.meta)}"
+        writer_cls = NumpyHdf5Writer if self.meta.quantization is None else RawChunkyWriter
         out_cuts = []
-        with atomic_path(self.archive_dir / rel_h5) as tmp:
-            with NumpyHdf5Writer(tmp, mode="w") as w:
+        with atomic_path(self.archive_dir / rel_path) as tmp:
+            with writer_cls(tmp, mode="w" if writer_cls is NumpyHdf5Writer else "wb") as w:
                 for cut, logp, ids in self._pending:
                     key = _h5_key(cut.id)
                     m = w.store_array(
                         key=f"{LOGP_FIELD}/{key}", value=logp, frame_shift=self.meta.frame_shift, temporal_dim=0
                     )
-                    c = cut.with_custom(LOGP_FIELD, _set_storage_path(m, rel_h5))
+                    c = cut.with_custom(LOGP_FIELD, _set_storage_path(m, rel_path))
                     if ids is not None:
                         m = w.store_array(
                             key=f"{IDS_FIELD}/{key}", value=ids, frame_shift=self.meta.frame_shift, temporal_dim=0
                         )
-                        c = c.with_custom(IDS_FIELD, _set_storage_path(m, rel_h5))
+                        c = c.with_custom(IDS_FIELD, _set_storage_path(m, rel_path))
+                    if self.meta.logp_range is not None:
+                        c = c.with_custom(LOGP_RANGE_FIELD, float(self.meta.logp_range))
                     out_cuts.append(c)
         save_manifest(CutSet.from_cuts(out_cuts), self.archive_dir / CHUNKS_DIR / f"{name}.jsonl.gz")
         if self._done is not None:
@@ -262,9 +268,9 @@ def merge_jobs(archive_dir: Pathlike, allow_partial: bool = False) -> CutSet:
     dups: list[str] = []
     merged = []
     for _, _, p in chunks:
-        h5 = archive_dir / ARRAYS_DIR / (p.name[: -len(".jsonl.gz")] + ".h5")
-        if not h5.is_file():
-            raise ArchiveError(f"chunk manifest {p} has no arrays file {h5}")
+        arrays = archive_dir / ARRAYS_DIR / (p.name[: -len(".jsonl.gz")] + arrays_suffix(meta))
+        if not arrays.is_file():
+            raise ArchiveError(f"chunk manifest {p} has no arrays file {arrays}")
         for c in CutSet.from_file(p):
             if c.id in seen:
                 dups.append(c.id)
