@@ -214,6 +214,15 @@ def test_compact_form_is_at_most_24_bytes_per_frame_at_k8(tmp_path: Path) -> Non
     assert sizes["uint8"] <= 24 < sizes[None], sizes
 
 
+def test_compact_top_k_keeps_the_teachers_order_within_a_step() -> None:
+    # token 3 beats token 1 by 0.001 nats, far less than a step (16/255): both quantize alike
+    lp = np.log(np.array([[0.1, 0.3, 0.1, 0.3003, 0.1997]]))
+    lp = lp - np.log(np.exp(lp).sum())
+    logp, ids = encode_log_probs(lp, 2, quantization="uint8", logp_range=16.0)
+    assert ids.tolist() == [[3, 1]] and logp[0, 0] == logp[0, 1]
+    assert decode_probs(logp, ids, 5, logp_range=16.0).argmax() == 3
+
+
 def test_compact_form_refuses_bad_settings() -> None:
     with pytest.raises(ValueError, match="logp_range"):
         replace(meta_for(40, 8), quantization="uint8").validate()

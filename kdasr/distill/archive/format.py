@@ -48,6 +48,10 @@ MAX_UINT8_VOCAB = 256
 QUANTIZATIONS = (None, "uint8")
 """``None``: float16 log-probs (the default); ``"uint8"``: the compact form (:func:`quantize`)."""
 
+TIE_BREAK = 1e-5
+"""Nats a compact top-k column is lowered per rank when read, so tokens that share a quantization step keep the
+teacher's order (its argmax, which best-path targets, guides and spike agreement read) at no visible cost."""
+
 COMPACT_LOGP_RANGE = 16.0
 """Default ``L`` of the compact form: log-probs clipped to ``[-L, 0]`` in 255 steps of L/255 nats."""
 
@@ -303,7 +307,8 @@ def decode_probs(
     Rows are renormalised to sum to 1, which removes the float16 rounding
     (or the uint8 steps: compact arrays are dequantized with ``logp_range``).
     """
-    if np.asarray(logp).dtype == np.uint8:
+    quantized = np.asarray(logp).dtype == np.uint8
+    if quantized:
         if logp_range is None:
             raise ArchiveMismatchError(f"cut {cut_id}: compact (uint8) soft labels need their logp_range to be read")
         logp = dequantize(logp, logp_range)
@@ -321,6 +326,8 @@ def decode_probs(
         ids = ids.astype(np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
             raise ArchiveMismatchError(f"cut {cut_id}: token ids outside 0..{vocab_size - 1} in kd_ids")
+        if quantized:  # top-k columns are stored best first: keep that order where two fell into one step
+            logp = logp - np.arange(k + 1, dtype=np.float32) * TIE_BREAK
         rest = np.exp(logp[:, k]) / (vocab_size - k)
         probs = np.repeat(rest[:, None], vocab_size, axis=1)
         np.put_along_axis(probs, ids, np.exp(logp[:, :k]), axis=1)
