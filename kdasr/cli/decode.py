@@ -49,6 +49,7 @@ def decode(checkpoint: Path, cuts_path: Path, lang_dir: Path, method: str, out_d
     With --scan-lm-weights also lm-weight-scan-*.{yaml,md}; with --opt nbest=K also nbest-*.txt.
     """
     from kdasr.cli.common import log_to
+    from kdasr.data.errors import DataError
     from kdasr.decode.run import run_decode
 
     log_to(out_dir, "decode")
@@ -59,7 +60,7 @@ def decode(checkpoint: Path, cuts_path: Path, lang_dir: Path, method: str, out_d
     try:
         summary = run_decode(checkpoint, cuts_path, lang_dir, out_dir, method, device, max_duration, decoder_opts,
                              name, num_jobs=num_jobs, scan_weights=scan_weights, scan_cuts=scan_cuts)
-    except ValueError as e:
+    except (ValueError, DataError) as e:  # DataError: cuts without features, unreadable feature files
         logging.error("%s", e)
         raise click.ClickException(str(e)) from e
     if "lm_weight" in summary:
