@@ -43,6 +43,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+import yaml
 from lhotse import CutSet, LilcomChunkyWriter, MonoCut, SupervisionSegment
 from lhotse.features.base import Features
 from lhotse.dataset import SimpleCutSampler
@@ -396,13 +397,18 @@ def bench_wer(setup: Setup, args: argparse.Namespace, device: str) -> None:
             if kd is not None:
                 cfg["kd"] = kd
             exp = setup.work / "students" / f"{name.replace(' ', '_')}_seed{seed}"
-            shutil.rmtree(exp, ignore_errors=True)
-            t0 = time.perf_counter()
-            state = train_from_config(cfg, exp, resume=False)
-            secs.append(time.perf_counter() - t0)
-            if kd is not None and "train_kd" not in state.history[-1]:
+            if args.reuse_students and (exp / "train_summary.yaml").is_file():  # trained by an earlier run
+                last = max(exp.glob("epoch-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+                history = load_checkpoint(last)["train_state"]["history"]
+                secs.append(float(yaml.safe_load((exp / "train_summary.yaml").read_text())["train_seconds"]))
+            else:
+                shutil.rmtree(exp, ignore_errors=True)
+                t0 = time.perf_counter()
+                history = train_from_config(cfg, exp, resume=False).history
+                secs.append(time.perf_counter() - t0)
+            if kd is not None and "train_kd" not in history[-1]:
                 raise SystemExit(f"{exp}: the trainer ignored the kd section (no train_kd in its history)")
-            dev.append(min(h.get("dev_wer", float("nan")) for h in state.history))
+            dev.append(min(h.get("dev_wer", float("nan")) for h in history))
             tst.append(run_decode(exp / "best.pt", test, setup.lang_dir, exp / "decode_test", "greedy", device)["wer"])
         mean_test = statistics.mean(tst)
         if name == "kd dense":
@@ -453,6 +459,8 @@ def main() -> None:
                    help="(d): override of the students' config, e.g. --set data.max_duration=40 (repeatable).")
     p.add_argument("--seeds", type=_ints, default=[1], help="(d): student seeds (WER averaged).")
     p.add_argument("--skip-train", action="store_true", help="Leave out (d).")
+    p.add_argument("--reuse-students", action="store_true",
+                   help="(d): take a student already trained in --work-dir (train_summary.yaml) as it is.")
     args = p.parse_args()
     if args.teacher is not None and args.data_dir is None:
         p.error("--teacher needs --data-dir (its cuts and token set)")
