@@ -32,6 +32,7 @@ any experiment whose dependencies are met, in plan order among those ready.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -242,7 +243,8 @@ def make_plan(experiments: Pathlike, seeds: Sequence[int] = (1,), exp_dir: str =
                         TEACHER_STAGE if line.name in early else STUDENT_STAGE, dict(by_line[line.name]),
                         line.role == "teacher" or line.name in archive_read,
                         resolve(line, seed, exp_dir, layout, overrides),
-                        (*(str(p) for p in line.configs), *line.overrides))
+                        (*(os.path.relpath(p) if p.is_absolute() else str(p) for p in line.configs),
+                         *line.overrides))
             same = next((s for s in steps if s.name == name), None)
             if same is None:
                 steps.append(step)

@@ -90,6 +90,7 @@ logged() {
 declare -A plan_view plan_seed plan_stage plan_deps plan_archived plan_config
 plan_names=() plan_all=()
 mkdir -p $exp/log
+log "Plan of $experiments (seeds $seeds), also in $exp/plan/plan.tsv:"
 # shellcheck disable=SC2046
 kdasr plan "$experiments" --seeds "$seeds" --exp-dir $exp --data-dir $data --train-part $train_part \
   --dev-part $dev_part --lang-dir $lang_dir --shared-configs "$kdasr_root/recipes" \
