@@ -178,7 +178,7 @@ def reads(cfg: Mapping, exp_dir: str) -> dict[str, str]:
     return found
 
 
-def resolve(line: Line, seed: Optional[int], exp_dir: str, layout: DataLayout,
+def resolve(line: Line, seed: int, exp_dir: str, layout: DataLayout,
             overrides: Sequence[str] = ()) -> dict:
     """The config ``kdasr train`` gets for one seed of ``line``."""
     try:
@@ -187,20 +187,27 @@ def resolve(line: Line, seed: Optional[int], exp_dir: str, layout: DataLayout,
         raise PlanError(f"{line.where}: {line.name}: {e}") from e
     for key, value in layout.overrides(line.view):
         set_dotted(cfg, key.split("."), value)
-    if seed is not None:
-        set_dotted(cfg, ["train", "seed"], seed)
+    set_dotted(cfg, ["train", "seed"], seed)
     cfg["view"], cfg["role"] = line.view, line.role
     _fill_teacher_archives(cfg, exp_dir)
     return cfg
 
 
-def _trained_elsewhere(name: str, exp_dir: str, needed_by: str, where: str) -> Step:
+def _trained_elsewhere(name: str, exp_dir: str, needed_by: str, where: str, archive: bool) -> Step:
     """A dependency not in the list: it must be trained already (its saved config gives its view)."""
     d = Path(exp_dir) / name
     if not (d / ".done").is_file() or not (d / "config.yaml").is_file():
         raise PlanError(f"{where}: {needed_by} reads {d}, but {name} is neither listed nor trained")
-    saved = yaml_load((d / "config.yaml").read_text()) or {}
-    return Step(name, saved.get("role", "-"), saved.get("view", "wb"), None, None, config=saved,
+    try:
+        saved = yaml_load((d / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise PlanError(f"{where}: {needed_by} reads {name}, whose {d / 'config.yaml'} cannot be read: {e}") from e
+    saved = saved if isinstance(saved, dict) else {}
+    view = saved.get("view")
+    if archive and view not in VIEWS and not (d / ARCHIVE_DIR / "cuts.jsonl.gz").is_file():
+        raise PlanError(f"{where}: {needed_by} reads the archive of {name}, which has none yet, and "
+                        f"{d / 'config.yaml'} records no view to write it on")
+    return Step(name, str(saved.get("role", "-")), str(view or "-"), None, None, config=saved,
                 sources=(str(d / "config.yaml"),))
 
 
@@ -256,7 +263,7 @@ def make_plan(experiments: Pathlike, seeds: Sequence[int] = (1,), exp_dir: str =
     for line in lines:
         for dep, kind in by_line[line.name].items():
             if dep not in listed and dep not in extra:
-                extra[dep] = _trained_elsewhere(dep, exp_dir, line.name, line.where)
+                extra[dep] = _trained_elsewhere(dep, exp_dir, line.name, line.where, kind == "archive")
             if dep in extra and kind == "archive":
                 extra[dep].archived = True
     return steps + list(extra.values())

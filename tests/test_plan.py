@@ -69,6 +69,9 @@ def test_a_seedN_line_trains_once_and_an_unlisted_teacher_must_be_trained(recipe
         _plan(recipe, "s_seed3 student wb conf/m.yaml conf/kd/t.yaml\n", seeds=(1, 2))
     (recipe / "exp" / "t").mkdir(parents=True)
     (recipe / "exp" / "t" / ".done").touch()
+    (recipe / "exp" / "t" / "config.yaml").write_text("role: teacher\n")  # trained outside a recipe
+    with pytest.raises(PlanError, match=r"reads the archive of t, which has none yet, and .* records no view"):
+        _plan(recipe, "s_seed3 student wb conf/m.yaml conf/kd/t.yaml\n")
     (recipe / "exp" / "t" / "config.yaml").write_text("view: nb\nrole: teacher\n")
     steps = _plan(recipe, "s_seed3 student wb conf/m.yaml conf/kd/t.yaml\n", seeds=(1, 2))
     assert [(s.name, s.seed, s.stage, s.view, s.archived) for s in steps] == [
