@@ -51,6 +51,12 @@ TEACHER_STAGE, STUDENT_STAGE = 4, 6
 TSV_COLUMNS = ("name", "role", "view", "seed", "stage", "deps", "archived", "config")
 
 
+def default_shared() -> list[Path]:
+    """The ``recipes/`` dir of a source checkout (beside the package), where the shared configs are."""
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    return [recipes] if (recipes / "conf").is_dir() else []
+
+
 class PlanError(ConfigError):
     """An experiments file or config that cannot be planned (names the file and line)."""
 

@@ -111,3 +111,11 @@ def test_cli_prints_a_table_writes_configs_and_tsv(recipe: Path):
     (recipe / "conf" / "experiments.txt").write_text("t teacher wb conf/missing.yaml\n")
     res = CliRunner().invoke(cli, ["plan", "conf/experiments.txt"])
     assert res.exit_code == 1 and res.output.startswith("Error: conf/experiments.txt:1: config conf/missing.yaml")
+
+
+def test_the_shared_configs_default_to_the_checkouts_recipes(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1] / "egs" / "demo")
+    res = CliRunner().invoke(cli, ["plan", "conf/experiments.txt", "--format", "tsv"])
+    assert res.exit_code == 0, res.output
+    rows = {line.split("\t")[0]: line.split("\t") for line in res.output.splitlines()}
+    assert rows["cnn_wb_kd_vgg"][5] == "vgg_wb=archive" and rows["cnn_nb_kd_wb"][5] == "vgg_wb=archive,lstm_wb=archive"

@@ -6,7 +6,7 @@ from typing import Optional
 
 import click
 
-from kdasr.plan import DataLayout, PlanError, make_plan, to_json_lines, to_table, to_tsv, write_plan
+from kdasr.plan import DataLayout, PlanError, default_shared, make_plan, to_json_lines, to_table, to_tsv, write_plan
 
 
 @click.command()
@@ -18,7 +18,8 @@ from kdasr.plan import DataLayout, PlanError, make_plan, to_json_lines, to_table
 @click.option("--dev-part", default="dev")
 @click.option("--lang-dir", default="data/lang_char", help="Token set the models are trained on.")
 @click.option("--shared-configs", "shared", multiple=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Where config paths not found in the current dir are looked up, e.g. recipes/ (repeatable).")
+              help="Where config paths not found in the current dir are looked up (repeatable; "
+                   "default: the recipes/ dir of the kdasr checkout).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override added to every experiment, after its line's own (repeatable).")
 @click.option("--format", "fmt", type=click.Choice(["table", "tsv", "json"]), default="table",
@@ -41,7 +42,7 @@ def plan(experiments: Path, seeds: str, exp_dir: str, data_dir: str, train_part:
         raise click.BadParameter(f"seeds must be integers, got {seeds!r}", param_hint="--seeds") from e
     try:
         steps = make_plan(experiments, seed_list, exp_dir.rstrip("/") or ".",
-                          DataLayout(data_dir, train_part, dev_part, lang_dir), overrides, shared)
+                          DataLayout(data_dir, train_part, dev_part, lang_dir), overrides, shared or default_shared())
     except PlanError as e:
         raise click.ClickException(str(e)) from e
     if out_dir is not None:
