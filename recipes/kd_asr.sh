@@ -8,11 +8,12 @@
 # exp/<name>/.done and is skipped on a rerun, a killed one resumes from its
 # last checkpoint. Experiments are listed in a plain file (--experiments), one
 # per line:  name  role  view  config.yaml [config.yaml ...] [key=value ...]
-# role is teacher, student, or guide (a student trained with the teachers in
-# stage 4 because a teacher's config reads its archive, e.g. the Guided-CTC
-# guide); view is wb (16 kHz) or nb (8 kHz telephone). An experiment whose
-# configs read exp/<other>/softlabels starts once <other> is trained and
-# its archive written.
+# role is teacher or student, view wb (16 kHz) or nb (8 kHz telephone).
+# `kdasr plan` turns the list into the plan the stages run (exp/plan/: each
+# experiment's resolved config, its stage, whose archive or checkpoint it
+# reads); config paths missing here are taken from the shared recipes/conf/.
+# An experiment starts once the experiments it reads are trained (and their
+# archives written), the first ready one in plan order whenever a job is free.
 set -euo pipefail
 
 # ------------------------------------------------------------------ options
@@ -83,39 +84,39 @@ logged() {
   fi
 }
 
-# Lines of the experiments file without comments/blank lines.
-read_experiments() { grep -v '^\s*#' "$experiments" | grep -v '^\s*$'; }
+# The plan of the experiments file (kdasr plan): exp/plan/<name>.yaml, the resolved config of
+# each experiment, and exp/plan/plan.tsv, read into plan_* below. plan_names: the listed
+# experiments in run order (stage 4 first); plan_* also know the unlisted ones they read.
+declare -A plan_view plan_seed plan_stage plan_deps plan_archived plan_config
+plan_names=() plan_all=()
+mkdir -p $exp/log
+log "Plan of $experiments (seeds $seeds), also in $exp/plan/plan.tsv:"
+# shellcheck disable=SC2046
+kdasr plan "$experiments" --seeds "$seeds" --exp-dir $exp --data-dir $data --train-part $train_part \
+  --dev-part $dev_part --lang-dir $lang_dir --shared-configs "$kdasr_root/recipes" \
+  $(for w in $train_overrides; do printf -- '--set %s ' "$w"; done) --out-dir $exp/plan
+while IFS=$'\t' read -r p_name _ p_view p_seed p_stage p_deps p_archived p_config; do
+  [ "$p_name" = name ] && continue
+  plan_view[$p_name]=$p_view plan_seed[$p_name]=$p_seed plan_stage[$p_name]=$p_stage
+  plan_deps[$p_name]=${p_deps//,/ } plan_archived[$p_name]=$p_archived plan_config[$p_name]=$p_config
+  plan_all+=("$p_name")
+  [ "$p_stage" != - ] && plan_names+=("$p_name")
+done < $exp/plan/plan.tsv
 
-# Split a config list into files and --set overrides (key=value words).
-config_args() {
-  local w
-  for w in "$@"; do
-    if [[ $w == *=* ]]; then printf -- '--set %s ' "$w"; else printf '%s ' "$w"; fi
-  done
-}
-
-# train NAME ROLE VIEW SEED CONFIG... : one experiment, skipped when .done exists.
+# train_one NAME: one experiment from its planned config, skipped when .done exists.
 train_one() {
-  local name=$1 role=$2 view=$3 seed=$4; shift 4
-  local dir=$exp/$name
+  local name=$1 dir=$exp/$1
   if [ -f "$dir/.done" ]; then log "skip $name (done)"; return; fi
-  log "train $name ($view, seed $seed)"
-  # shellcheck disable=SC2046
-  $train_launcher kdasr train $(config_args "$@" $train_overrides) --exp-dir "$dir" \
-    --set data.train_cuts=$data/fbank/cuts_${train_part}_${view}.jsonl.gz \
-    --set data.dev_cuts=$data/fbank/cuts_${dev_part}_${view}.jsonl.gz \
-    --set data.cmvn=$data/fbank/cmvn_${view}.json \
-    --set data.lang_dir=$lang_dir \
-    --set train.seed=$seed --set view=$view --set role=${role/guide/student}
+  log "train $name (${plan_view[$name]}, seed ${plan_seed[$name]})"
+  $train_launcher kdasr train "${plan_config[$name]}" --exp-dir "$dir"
   touch "$dir/.done"
 }
 
 # dump_archive NAME: write exp/NAME/softlabels (once) on the training cuts of NAME's view.
 dump_archive() {
-  local name=$1 out=$exp/$1/softlabels view
+  local name=$1 out=$exp/$1/softlabels view=${plan_view[$1]}
   [ -f $out/cuts.jsonl.gz ] && return
   log "soft labels of $name (T=$kd_temperature), keyed by cut id"
-  view=$(sed -n 's/^view: *//p' $exp/$name/config.yaml)
   # nproc/nj threads per dump job, one beside running trainings.
   local threads=$(( pool_running > 0 ? 1 : $(nproc) / nj )); (( threads < 1 )) && threads=1
   OMP_NUM_THREADS=$threads logged JOB=1:$nj $exp/$name/log/softlabels.JOB.log \
@@ -126,40 +127,15 @@ dump_archive() {
   kdasr archive info $out
 }
 
-# dump_teacher_archives [--trained]: the archive of every teacher and guide of the list
-# (with --trained, of those already trained only).
-dump_teacher_archives() {
-  local name role view seed rest
-  while read -r name role view seed rest; do
-    [[ $role =~ ^(teacher|guide)$ ]] || continue
+# dump_archives [--trained]: the archive of every experiment the plan archives (teachers and
+# what others read); with --trained, of those already trained only.
+dump_archives() {
+  local name
+  for name in "${plan_all[@]}"; do
+    [ "${plan_archived[$name]}" = yes ] || continue
     if [ "${1:-}" = --trained ] && [ ! -f $exp/$name/.done ]; then continue; fi
     dump_archive $name < /dev/null
-  done < <(expand_experiments)
-}
-
-# archive_deps CONFIG...: the experiments whose archives (exp/<name>/softlabels) the YAML files read.
-archive_deps() {
-  local f
-  for f in "$@"; do if [[ $f == *.yaml ]]; then cat "$f"; fi; done | grep -v '^\s*#' \
-    | grep -oE '(^|[^A-Za-z0-9_./-])exp/[A-Za-z0-9_.-]+/softlabels' | sed -E 's#.*exp/([^/]+)/softlabels#\1#' | sort -u
-}
-
-# Each experiment line expanded to "name role view seed configs..." (students once per seed;
-# a line named <name>_seedN trains once, with seed N).
-expand_experiments() {
-  local name role view rest s
-  while read -r name role view rest; do
-    if [[ $name =~ _seed([0-9]+)$ ]]; then
-      echo "$name $role $view ${BASH_REMATCH[1]} $rest"
-    elif [ "$role" != student ]; then
-      echo "$name $role $view 1 $rest"
-    else
-      for s in $seeds; do
-        if [ "$(echo $seeds | wc -w)" -gt 1 ]; then echo "${name}_seed$s $role $view $s $rest";
-        else echo "$name $role $view $s $rest"; fi
-      done
-    fi
-  done < <(read_experiments)
+  done
 }
 
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
@@ -263,10 +239,10 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
 fi
 
 # A pool of background jobs, $train_jobs at a time with nproc/train_jobs threads each: the
-# trainings of stages 4 and 6 and the decodes of stage 8. The pool is not emptied between
-# stages: what needs an experiment waits for that experiment alone (wait_trained), so a
-# student starts on a core a slower teacher leaves idle and decoding starts beside the last
-# students. With train_jobs=1 a job runs in the foreground, its output on the terminal.
+# trainings of stages 4 and 6 and the decodes of stage 8. run_jobs starts the first job of its
+# list whose needs are met whenever a slot is free, so an experiment waiting for a teacher
+# holds back nothing else, and the pool is not emptied between stages: decoding starts beside
+# the last students. With train_jobs=1 a job runs in the foreground, its output on the terminal.
 pool_running=0
 pool_failed=0
 pool_threads=$(( $(nproc) / train_jobs )); (( pool_threads < 1 )) && pool_threads=1
@@ -277,15 +253,9 @@ pool_add() {
   if (( train_jobs > 1 )); then
     OMP_NUM_THREADS=$pool_threads "$@" < /dev/null > "$out" 2>&1 &
     pool_running=$((pool_running + 1))
-    if (( pool_running >= train_jobs )); then pool_wait_one; fi
   else
     "$@"
   fi
-}
-# wait_trained NAME: wait until exp/NAME is trained or nothing runs; false if it never was.
-wait_trained() {
-  while [ ! -f "$exp/$1/.done" ] && (( pool_running > 0 )); do pool_wait_one; done
-  [ -f "$exp/$1/.done" ]
 }
 # pool_drain: wait for every job; stop the recipe if one failed.
 pool_drain() {
@@ -293,38 +263,85 @@ pool_drain() {
   (( pool_failed == 0 )) || { log "some jobs failed; see $exp/log/train_*.log and $exp/log/decode_*.log"; exit 1; }
 }
 
-# train_role ROLE: every experiment of ROLE, through the pool.
-train_role() {
-  local want=$1 name role view seed rest dep
-  while read -r name role view seed rest; do
-    [[ $role =~ ^($want)$ ]] || continue
-    if [ -f "$exp/$name/.done" ]; then log "skip $name (done)"; continue; fi
-    # shellcheck disable=SC2086
-    for dep in $(archive_deps $rest); do
-      wait_trained $dep || { log "$name reads the archive of $dep, which is not trained: list $dep before $name (role guide or teacher)"; exit 1; }
-      dump_archive $dep < /dev/null
+# Jobs are words: train:NAME, or decode:NAME:PART:METHOD.
+# job_ready JOB: whether what JOB needs is trained (its experiment, or the ones it reads).
+job_ready() {
+  local what name dep
+  IFS=: read -r what name _ <<< "$1"
+  if [ $what = decode ]; then [ -f $exp/$name/.done ]; return; fi
+  for dep in ${plan_deps[$name]}; do
+    [ "$dep" = - ] || [ -f $exp/${dep%%=*}/.done ] || return 1
+  done
+}
+# job_start JOB: write the archives it reads, then add it to the pool.
+job_start() {
+  local what name part method dep opts=""
+  IFS=: read -r what name part method <<< "$1"
+  if [ $what = train ]; then
+    for dep in ${plan_deps[$name]}; do
+      [ "${dep#*=}" = archive ] && dump_archive ${dep%%=*} < /dev/null
     done
     (( train_jobs > 1 )) && log "train $name in the background, log: $exp/log/train_$name.log"
+    pool_add $exp/log/train_$name.log train_one $name
+  else
+    # beam and wfst search the same words and LM: the graph dir has lexicon.txt and G.arpa.
+    [ $method != greedy ] && opts="--opt graph_dir=$(cat $graph_dir_file)"
+    (( train_jobs > 1 )) && log "decode $name $part $method, log: $exp/log/decode_${name}_${part}_$method.log"
     # shellcheck disable=SC2086
-    pool_add $exp/log/train_$name.log train_one $name $role $view $seed $rest
-  done < <(expand_experiments)
+    pool_add $exp/log/decode_${name}_${part}_$method.log \
+      kdasr decode --checkpoint $exp/$name/best.pt --lang-dir $lang_dir --method $method \
+        --cuts $data/fbank/cuts_${part}_${plan_view[$name]}.jsonl.gz \
+        --out-dir $exp/$name/decode_${part}_${plan_view[$name]}_${method} $opts
+  fi
 }
-mkdir -p $exp/log
+# job_blocked JOB: JOB can never start (what it needs failed or was not run).
+job_blocked() {
+  local what name dep
+  IFS=: read -r what name _ <<< "$1"
+  pool_failed=1
+  if [ $what = decode ]; then log "$name is not trained: not decoded"; return; fi
+  for dep in ${plan_deps[$name]}; do
+    [ "$dep" = - ] || [ -f $exp/${dep%%=*}/.done ] || log "$name is not trained: it reads ${dep%%=*}, which is not trained"
+  done
+}
+# run_jobs JOB...: start every job once it is ready, the first ready one whenever a slot is
+# free; returns when all are started (or can never be).
+run_jobs() {
+  local todo=("$@") i picked
+  while (( ${#todo[@]} > 0 )); do
+    if (( train_jobs > 1 && pool_running >= train_jobs )); then pool_wait_one; continue; fi
+    picked=-1
+    for i in "${!todo[@]}"; do
+      if job_ready "${todo[$i]}"; then picked=$i; break; fi
+    done
+    if (( picked < 0 )); then
+      if (( pool_running > 0 )); then pool_wait_one; continue; fi
+      for i in "${!todo[@]}"; do job_blocked "${todo[$i]}"; done
+      return
+    fi
+    job_start "${todo[$picked]}"
+    todo=("${todo[@]:0:picked}" "${todo[@]:picked+1}")
+  done
+}
 
-if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
-  log "Stage 4: teachers (and their guides)"
-  train_role "guide|teacher"
+# Stages 4 and 6 run as one list of jobs: a student need not wait for a teacher it does not read.
+train_stages=""
+[ $stage -le 4 ] && [ $stop_stage -ge 4 ] && train_stages+=" 4"
+[ $stage -le 6 ] && [ $stop_stage -ge 6 ] && train_stages+=" 6"
+if [ -n "$train_stages" ]; then
+  log "Training (stages$train_stages): teachers and what they read (4), students (6), each once what it reads is trained"
+  jobs=()
+  for name in "${plan_names[@]}"; do
+    [[ " $train_stages " == *" ${plan_stage[$name]} "* ]] || continue
+    if [ -f "$exp/$name/.done" ]; then log "skip $name (done)"; else jobs+=("train:$name"); fi
+  done
+  run_jobs "${jobs[@]}"
 fi
 
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   # A teacher still training is archived when a student needs it, or after the last stage.
-  log "Stage 5: soft labels of the trained teachers (and guides) on $train_part"
-  dump_teacher_archives --trained
-fi
-
-if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
-  log "Stage 6: students"
-  train_role student
+  log "Stage 5: soft labels of the trained teachers (and what teachers read) on $train_part"
+  dump_archives --trained
 fi
 
 graph_dir_file=$lang_dir/graph_dir.txt
@@ -337,31 +354,23 @@ fi
 
 if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
   log "Stage 8: decode ($decode_methods) on $test_parts"
-  while read -r name role view seed rest; do
+  jobs=()
+  for name in "${plan_names[@]}"; do
     for part in $test_parts; do
       for method in $decode_methods; do
-        out=$exp/$name/decode_${part}_${view}_${method}
-        [ -f $out/decode.yaml ] && continue
-        wait_trained $name || { log "$name is not trained: not decoded"; pool_failed=1; continue 3; }
-        opts=""
-        # beam and wfst search the same words and LM: the graph dir has lexicon.txt and G.arpa.
-        [ $method != greedy ] && opts="--opt graph_dir=$(cat $graph_dir_file)"
-        (( train_jobs > 1 )) && log "decode $name $part $method, log: $exp/log/decode_${name}_${part}_$method.log"
-        # shellcheck disable=SC2086
-        pool_add $exp/log/decode_${name}_${part}_$method.log \
-          kdasr decode --checkpoint $exp/$name/best.pt --lang-dir $lang_dir --method $method \
-            --cuts $data/fbank/cuts_${part}_${view}.jsonl.gz --out-dir $out $opts
+        [ -f $exp/$name/decode_${part}_${plan_view[$name]}_${method}/decode.yaml ] || jobs+=("decode:$name:$part:$method")
       done
     done
-  done < <(expand_experiments)
+  done
+  run_jobs "${jobs[@]}"
 fi
 
 pool_drain
-if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then dump_teacher_archives; fi
+if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then dump_archives; fi
 
 if [ $stage -le 9 ] && [ $stop_stage -ge 9 ]; then
   log "Stage 9: results table of every experiment in $exp (this file's first)"
-  dirs=$(expand_experiments | awk -v e=$exp '{print e"/"$1}')
+  dirs=$(printf "$exp/%s " "${plan_names[@]}")
   for d in $exp/*/; do
     d=${d%/}
     [[ " $(echo $dirs) " == *" $d "* ]] || dirs="$dirs $d"

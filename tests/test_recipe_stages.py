@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,23 +16,22 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 FAKE_KDASR = r"""#!/usr/bin/env bash
-# Stand-in for kdasr: appends "START/END <what>" to $CALLS and leaves the outputs behind.
+# Stand-in for kdasr: appends "START/END <what>" to $CALLS and leaves the outputs behind
+# (kdasr plan is the real one).
 set -eu
 case $1 in
+  plan) exec "$PYTHON" -m kdasr "$@" ;;
   train)
-    dir="" role="" view="" seed=""
+    dir="" config=$2
     while (( $# )); do
-      case $1 in
-        --exp-dir) dir=$2; shift ;;
-        --set) case $2 in role=*) role=${2#role=} ;; view=*) view=${2#view=} ;; train.seed=*) seed=${2#*=} ;; esac; shift ;;
-      esac
+      if [ "$1" = --exp-dir ]; then dir=$2; fi
       shift
     done
     name=$(basename "$dir")
     echo "START train $name" >> "$CALLS"
     sleep "$(cat "$SLEEP_DIR/$name" 2>/dev/null || echo 0)"
     mkdir -p "$dir"
-    printf 'role: %s\nview: %s\nseed: %s\n' "$role" "$view" "$seed" > "$dir/config.yaml"
+    cp "$config" "$dir/config.yaml"
     touch "$dir/best.pt"
     echo "END train $name" >> "$CALLS"
     ;;
@@ -76,7 +76,7 @@ def recipe(tmp_path: Path) -> Path:
         "# exp/not_a_dep/softlabels in a comment is ignored\n"
         "kd:\n  strategy: guided\n  teachers:\n    - {name: g, archive: exp/g/softlabels}\n"
     )
-    (egs / "conf" / "kd.yaml").write_text("kd:\n  teachers:\n    - {name: t, archive: exp/t/softlabels}\n")
+    (egs / "conf" / "kd.yaml").write_text("kd:\n  teachers:\n    - {name: t}\n")  # reads exp/t/softlabels
     return egs
 
 
@@ -88,7 +88,7 @@ def _run(egs: Path, experiments: str, *args: str, sleeps: dict[str, float] | Non
         (sleep_dir / name).write_text(str(s))
     calls = egs / "calls.txt"
     env = {**os.environ, "PATH": f"{egs.parent.parent / 'bin'}:{os.environ['PATH']}",
-           "CALLS": str(calls), "SLEEP_DIR": str(sleep_dir)}
+           "CALLS": str(calls), "SLEEP_DIR": str(sleep_dir), "PYTHON": sys.executable}
     res = subprocess.run(
         ["bash", "../../recipes/kd_asr.sh", "--corpus", "demo", "--stage", "4", "--stop-stage", "6", "--nj", "1", *args],
         cwd=egs, env=env, capture_output=True, text=True, timeout=120,
@@ -98,7 +98,7 @@ def _run(egs: Path, experiments: str, *args: str, sleeps: dict[str, float] | Non
 
 EXPERIMENTS = """\
 # name role view configs
-g   guide    wb  conf/plain.yaml
+g   student  wb  conf/plain.yaml
 a   teacher  wb  conf/plain.yaml
 t   teacher  wb  conf/plain.yaml conf/guided.yaml
 s   student  wb  conf/plain.yaml conf/kd.yaml
@@ -113,19 +113,40 @@ def test_guided_teacher_waits_for_its_guide_and_archive(recipe: Path):
     assert order["END train g"] < order["soft-labels g"] < order["START train t"]
     assert order["START train t"] < order["END train a"], "t waited for an experiment it does not need"
     assert order["soft-labels t"] < order["START train s"]
-    # A guide is trained in stage 4 and archived once, but it is a student in the results.
+    # A student a teacher reads is trained in stage 4 and archived once; it stays a student in the results.
     assert calls.count("soft-labels g") == 1
     assert "role: student" in (recipe / "exp" / "g" / "config.yaml").read_text()
     assert "role: teacher" in (recipe / "exp" / "t" / "config.yaml").read_text()
-    assert "not_a_dep" not in calls
+    assert "archive: exp/t/softlabels" in (recipe / "exp" / "s" / "config.yaml").read_text()
+    assert "not_a_dep" not in res.stdout + "".join(calls)
 
 
-def test_guide_listed_after_its_teacher_is_an_error(recipe: Path):
-    wrong = "t teacher wb conf/plain.yaml conf/guided.yaml\ng guide wb conf/plain.yaml\n"
-    res, calls = _run(recipe, wrong)
-    assert res.returncode != 0
-    assert "t reads the archive of g, which is not trained: list g before t" in res.stdout + res.stderr
-    assert calls == []
+def test_a_waiting_student_holds_back_no_ready_one(recipe: Path):
+    # s needs the slow teacher's archive; h (hard labels, listed after s) takes the free slot meanwhile.
+    (recipe / "conf" / "kd_t.yaml").write_text("kd:\n  teachers:\n    - {name: t, archive: exp/t/softlabels}\n")
+    listed = "t teacher wb conf/plain.yaml\ns student wb conf/plain.yaml conf/kd_t.yaml\nh student wb conf/plain.yaml\n"
+    res, calls = _run(recipe, listed, "--train-jobs", "2", sleeps={"t": 3})
+    assert res.returncode == 0, res.stdout + res.stderr
+    order = {c: i for i, c in enumerate(calls)}
+    assert order["START train h"] < order["END train t"], "h waited behind s"
+    assert order["END train t"] < order["soft-labels t"] < order["START train s"]
+
+
+def test_what_a_teacher_reads_trains_first_wherever_it_is_listed(recipe: Path):
+    res, calls = _run(recipe, "t teacher wb conf/plain.yaml conf/guided.yaml\ng student wb conf/plain.yaml\n")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert [c for c in calls if c.startswith(("END", "soft"))] == [
+        "END train g", "soft-labels g", "END train t", "soft-labels t"]
+
+
+def test_unplannable_lists_stop_before_any_work(recipe: Path):
+    res, calls = _run(recipe, "s student wb conf/plain.yaml conf/kd.yaml\n")
+    assert res.returncode != 0 and calls == []
+    assert "s reads exp/t, but t is neither listed nor trained" in res.stderr
+    (recipe / "conf" / "t.yaml").write_text("kd:\n  teachers:\n    - {name: g}\n")
+    res, calls = _run(recipe, "g teacher wb conf/plain.yaml conf/kd.yaml\nt teacher wb conf/plain.yaml conf/t.yaml\n")
+    assert res.returncode != 0 and calls == []
+    assert "read each other in a cycle: g -> t -> g" in res.stderr
 
 
 def test_guide_trains_once_whatever_the_seeds(recipe: Path):
@@ -181,12 +202,13 @@ def test_one_train_job_decodes_in_the_foreground(recipe: Path):
 
 def test_the_pool_runs_on_across_stages(recipe: Path):
     # b is slow: s (hard labels) takes the core a leaves, and a's decode the core s leaves,
-    # while b still trains; b is archived once trained (stage 5's deferred work) and decoded.
+    # while b still trains; a is archived beside them (stage 5), b once trained, and decoded.
     res, calls = _run(recipe, "a teacher wb conf/plain.yaml\nb teacher wb conf/plain.yaml\ns student wb conf/plain.yaml\n",
                       "--train-jobs", "2", "--stop-stage", "8", "--decode-methods", "greedy", sleeps={"b": 4})
     assert res.returncode == 0, res.stdout + res.stderr
     order = {c.split(" threads")[0]: i for i, c in enumerate(calls)}
-    assert order["END train a"] < order["soft-labels a"] < order["START train s"] < order["END train b"]
+    assert order["END train a"] < order["START train s"] < order["END train b"]
+    assert order["END train a"] < order["soft-labels a"] < order["END train b"]
     assert order["END train s"] < order["START decode a greedy"] < order["END train b"]
     assert order["END train b"] < order["START decode b greedy"]
     assert order["END train b"] < order["soft-labels b"]

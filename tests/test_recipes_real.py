@@ -109,47 +109,66 @@ def experiment_lines(path: Path) -> list[list[str]]:
     return [line.split() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
 
 
+def plan_of(experiments: str, exp_dir: str = "exp") -> list:
+    """The plan of egs/<experiments> with the shared configs of recipes/, at seeds 1 and 2."""
+    from kdasr.plan import make_plan
+
+    return make_plan(REPO / "egs" / experiments, [1, 2], exp_dir, shared=[REPO / "recipes"],
+                     base=REPO / "egs" / experiments.split("/")[0])
+
+
 @pytest.mark.parametrize("experiments", ["aurora4/conf/experiments.txt", "librispeech/conf/experiments.txt",
                                          "kaldi_data/conf/experiments.txt", "kaldi_data/conf/experiments_wb.txt"])
 def test_experiment_configs_build(experiments: str) -> None:
-    """Every line's configs merge, its model builds, and its kd section names teachers of the same file."""
-    from kdasr.config import load_config
+    """Every planned config's model builds, and its kd section reads teachers of the same file."""
     from kdasr.distill.strategies import KD_DEFAULTS
     from kdasr.models import build_model
 
-    recipe = REPO / "egs" / experiments.split("/")[0]
-    lines = experiment_lines(REPO / "egs" / experiments)
-    teachers = {name for name, role, *_ in lines if role == "teacher"}
-    assert teachers and any(role == "student" for _, role, *_ in lines)
-    for name, role, view, *rest in lines:
-        assert role in ("teacher", "student") and view in ("wb", "nb"), name
-        files = [recipe / w for w in rest if "=" not in w]
-        cfg = load_config(files, [w for w in rest if "=" in w])
-        model = build_model(cfg["model"], 80 if view == "wb" else 40, 500, None)
+    steps = plan_of(experiments)
+    teachers = {s.name for s in steps if s.role == "teacher"}
+    assert teachers and any(s.role == "student" for s in steps) and all(s.stage for s in steps)
+    for s in steps:
+        model = build_model(s.config["model"], 80 if s.view == "wb" else 40, 500, None)
         assert model.num_params() > 0
-        if "kd" in cfg:
-            assert role == "student" and set(cfg["kd"]) <= set(KD_DEFAULTS), name
-            for t in cfg["kd"]["teachers"]:
-                assert t["name"] in teachers and t["archive"] == f"exp/{t['name']}/softlabels", name
+        if "kd" in s.config:
+            assert s.role == "student" and set(s.config["kd"]) <= set(KD_DEFAULTS), s.name
+            assert set(s.deps) == {t["name"] for t in s.config["kd"]["teachers"]} <= teachers, s.name
+            for t in s.config["kd"]["teachers"]:
+                assert t["archive"] == f"exp/{t['name']}/softlabels", s.name
 
 
 DEMO_LISTS = sorted(p.name for p in (REPO / "egs" / "demo" / "conf").glob("experiments*.txt"))
 
 
-@pytest.mark.parametrize("experiments", DEMO_LISTS)
-def test_demo_experiment_lists(experiments: str) -> None:
-    """The demo's lists: configs merge, and every archive read is a teacher's or guide's of some list."""
+def test_demo_experiment_lists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's lists plan (each run after the ones it reads), and every archive read is written by some list."""
+    from kdasr.distill.strategies import KD_DEFAULTS
+
+    monkeypatch.chdir(tmp_path)
+    for f in DEMO_LISTS:  # what the other lists train, as a finished run leaves it
+        for name, role, view, *_ in experiment_lines(REPO / "egs" / "demo" / "conf" / f):
+            (tmp_path / "exp" / name).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "exp" / name / ".done").touch()
+            (tmp_path / "exp" / name / "config.yaml").write_text(f"view: {view}\nrole: {role}\n")
+    plans = {f: plan_of(f"demo/conf/{f}") for f in DEMO_LISTS}
+    archived = {s.name for steps in plans.values() for s in steps if s.archived and s.stage}
+    for f, steps in plans.items():
+        for s in (s for s in steps if s.stage):
+            assert s.config["model"]["name"], s.name
+            assert set(s.config.get("kd", {})) <= set(KD_DEFAULTS), s.name
+            assert {d for d, kind in s.deps.items() if kind == "archive"} <= archived, (f, s.name)
+
+
+def test_shared_kd_configs_restate_no_default() -> None:
     from kdasr.config import load_config
     from kdasr.distill.strategies import KD_DEFAULTS
 
-    conf = REPO / "egs" / "demo" / "conf"
-    archived = {name for f in DEMO_LISTS for name, role, *_ in experiment_lines(conf / f) if role in ("teacher", "guide")}
-    for name, role, view, *rest in experiment_lines(conf / experiments):
-        assert role in ("teacher", "student", "guide") and view in ("wb", "nb"), name
-        cfg = load_config([conf.parent / w for w in rest if "=" not in w], [w for w in rest if "=" in w])
-        assert cfg["model"]["name"], name
-        for t in cfg.get("kd", {}).get("teachers", []):
-            assert set(cfg["kd"]) <= set(KD_DEFAULTS) and t["name"] in archived, name
+    files = sorted((REPO / "recipes" / "conf" / "kd").glob("*.yaml"))
+    assert files and not list(REPO.glob("egs/*/conf/kd/*.yaml"))
+    for f in files:
+        kd = load_config(f)["kd"]
+        assert kd["teachers"] and all(set(t) == {"name"} for t in kd["teachers"]), f.name
+        assert all(kd[k] != KD_DEFAULTS[k] for k in kd if k != "teachers"), f.name
 
 
 # ------------------------------------------------------------------ Aurora-4

@@ -39,6 +39,13 @@ def test_seeds_are_merged_and_table_lists_every_decode(tmp_path: Path):
     assert "WER by condition on test_wb (greedy)" in table
 
 
+def test_role_comes_from_the_saved_config_not_the_name(tmp_path: Path):
+    named = _fake_exp(tmp_path, "teacher_guided_cnn", "student", 500_000, {("test_wb", "greedy"): 9.0})
+    bare = _fake_exp(tmp_path, "vgg", "teacher", 4_000_000, {("test_wb", "greedy"): 5.0})
+    (bare / "config.yaml").write_text(yaml.safe_dump({"model": {"name": "vgg"}}))  # trained outside a recipe
+    assert [r.role for r in collect([named, bare])] == ["student", "–"]
+
+
 def test_report_cli_writes_markdown_and_png(tmp_path: Path):
     a = _fake_exp(tmp_path, "t", "teacher", 4_000_000, {("test_wb", "greedy"): 5.0})
     b = _fake_exp(tmp_path, "s", "student", 400_000, {("test_wb", "greedy"): 9.0})

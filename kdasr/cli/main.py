@@ -14,6 +14,7 @@ from kdasr.utils.logging import setup_logging
 # (module, attribute) of each top-level command, in the order --help lists them.
 COMMANDS = [
     ("kdasr.cli.prepare", "prepare"),
+    ("kdasr.cli.plan", "plan"),
     ("kdasr.cli.train", "train"),
     ("kdasr.cli.train", "average"),
     ("kdasr.cli.softlabels", "soft_labels"),

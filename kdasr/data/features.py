@@ -385,6 +385,11 @@ def fbank_manifest(out_dir: Pathlike, part: str, view: str) -> Path:
     return Path(out_dir) / f"cuts_{part}_{view}.jsonl.gz"
 
 
+def cmvn_file(out_dir: Pathlike, view: str) -> Path:
+    """Global CMVN statistics of a view: ``<out_dir>/cmvn_<view>.json``."""
+    return Path(out_dir) / f"cmvn_{view}.json"
+
+
 def prepare_fbank(
     manifest_dir: Pathlike,
     out_dir: Pathlike,
@@ -405,7 +410,7 @@ def prepare_fbank(
     manifest_dir, out_dir = Path(manifest_dir), Path(out_dir)
     written = []
     for view in views:
-        cmvn_path = out_dir / f"cmvn_{view}.json"
+        cmvn_path = cmvn_file(out_dir, view)
         cmvn_stale = not cmvn_path.is_file()
         for part in parts:
             src = source_manifest(manifest_dir, part, view)

@@ -1,7 +1,7 @@
 """Collect every decode of a set of experiments into one results table and a plot.
 
 Each ``kdasr decode`` leaves ``decode.yaml``; each ``kdasr train`` leaves
-``config.yaml`` and ``train_summary.yaml``. The report reads only those, so it
+``config.yaml`` (with the ``role`` the plan gave it) and ``train_summary.yaml``. The report reads only those, so it
 can be rerun any time and never needs the models. Runs that differ only in
 their seed (``<name>_seed<N>``) are merged into one row: mean WER and the
 spread over seeds.
@@ -137,7 +137,7 @@ def collect(exp_dirs: Iterable[Path]) -> list[Row]:
         if row is None:
             row = rows[name] = Row(
                 name=name,
-                role=cfg.get("role", "teacher" if "teacher" in name else "student"),
+                role=str(cfg.get("role", "–")),  # as the plan recorded it; "–" for runs outside a recipe
                 model=first.get("model", "?"),
                 params=int(first.get("num_params", 0)),
                 macs=float(first.get("macs_per_second", 0.0)),
