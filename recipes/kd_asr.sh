@@ -251,7 +251,11 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ] && [[ " $views " == *" nb "* ]]; th
           --sampling-rate 8000 --parts $parts_csv --dev-speakers $dev_speakers --seed $dev_seed \
           --normalize-text $normalize_text ${transcript_dir:+--transcript-dir $transcript_dir} \
           --out-dir $data/manifests_8k $opts
-        for p in $all_parts; do cp $data/manifests_8k/cuts_$p.jsonl.gz $data/manifests/cuts_${p}_nb.jsonl.gz; done ;;
+        for p in $all_parts; do cp $data/manifests_8k/cuts_$p.jsonl.gz $data/manifests/cuts_${p}_nb.jsonl.gz; done
+        if [ -n "$speed_perturb" ]; then  # the same copies (same ids) of the 8 kHz recordings
+          logged $data/log/speed_nb.log kdasr prepare speed --manifest-dir $data/manifests --part $train_part \
+            --view nb --factors "$(echo $speed_perturb | tr ' ' ',')"
+        fi ;;
       *) echo "$0: unknown --nb-source $nb_source (simulate or corpus)" >&2; exit 1 ;;
     esac
     touch $data/narrowband/.done

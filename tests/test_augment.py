@@ -191,7 +191,7 @@ def test_bad_noise_and_rir_sets_are_refused_naming_the_file(tmp_path):
     with pytest.raises(AugmentError, match=r"impulse response file .*noise-0.wav is at 8000 Hz"):
         Augmenter({"reverb": {"enabled": True, "dir": str(d8)}}, SR)
     with pytest.raises(ConfigError, match="data.augment.noise.dir is required"):
-        Augmenter({"noise": True}, SR)
+        Augmenter({"noise": {"enabled": True}}, SR)
 
 
 # ------------------------------------------------------------------ SpecAugment and the config
@@ -203,13 +203,15 @@ def test_specaugment_time_warp_keeps_shape_and_is_declared(cuts):
     y, _ = Augmenter(cfg, SR)(cuts)
     assert torch.equal(x, y) and x.shape[1] == max(c.num_frames for c in cuts)
     assert frame_moving(cfg) == ["data.augment.specaugment"]
-    assert frame_moving({"volume": True, "specaugment": {"time_warp_factor": 0}}) == []
+    assert frame_moving({"volume": {"enabled": True}, "specaugment": {"time_warp_factor": 0}}) == []
     assert frame_moving({"specaugment": {"enabled": False, "time_warp_factor": 80}}) == []
 
 
 def test_config_is_strict():
     assert augment_config(None)["specaugment"]["enabled"] is True
-    assert augment_config({"volume": True})["volume"]["enabled"] is True
+    assert augment_config({"volume": {"enabled": True}})["volume"]["enabled"] is True
+    with pytest.raises(ConfigError, match=r"data.augment.volume must be a section"):
+        augment_config({"volume": True})
     with pytest.raises(ConfigError, match=r"data.augment.speed: unknown augmentation"):
         augment_config({"speed": {"factors": [0.9]}})
     with pytest.raises(ConfigError, match=r"data.augment.volume.max_gain: unknown key; volume takes"):

@@ -105,9 +105,12 @@ def speed_copies(cuts: Iterable[Cut], factors: Sequence[float] = SPEED_FACTORS) 
     return CutSet.from_cuts(out)
 
 
-def prepare_speed(manifest_dir: Pathlike, part: str, factors: Sequence[float] = SPEED_FACTORS) -> Path:
-    """Rewrite ``cuts_<part>.jsonl.gz`` (broadband source cuts) with its speed copies added."""
-    path = source_manifest(manifest_dir, part, "wb")
+def prepare_speed(
+    manifest_dir: Pathlike, part: str, factors: Sequence[float] = SPEED_FACTORS, view: str = "wb"
+) -> Path:
+    """Rewrite a part's source cuts (``cuts_<part>.jsonl.gz``; ``cuts_<part>_nb.jsonl.gz`` for a
+    corpus's own 8 kHz copy) with its speed copies added."""
+    path = source_manifest(manifest_dir, part, view)
     if not path.is_file():
         raise AugmentError(f"speed perturbation needs {path}: import part {part!r} first")
     cuts = speed_copies(CutSet.from_file(path), factors)
@@ -126,11 +129,8 @@ def augment_config(cfg: Optional[Mapping[str, Any]]) -> dict[str, dict[str, Any]
     for name, opts in cfg.items():
         if name not in AUGMENT_DEFAULTS:
             raise ConfigError(f"data.augment.{name}: unknown augmentation; known: {', '.join(AUGMENT_DEFAULTS)}")
-        if opts is None or isinstance(opts, bool):
-            out[name]["enabled"] = bool(opts)
-            continue
         if not isinstance(opts, Mapping):
-            raise ConfigError(f"data.augment.{name} must be a mapping (or true/false), got {opts!r}")
+            raise ConfigError(f"data.augment.{name} must be a section (e.g. {{enabled: true}}), got {opts!r}")
         for key, value in opts.items():
             if key not in AUGMENT_DEFAULTS[name]:
                 raise ConfigError(
@@ -149,11 +149,9 @@ def _number(cfg: Mapping, name: str, key: str, lo: float = -math.inf, hi: float 
 
 def _range(cfg: Mapping, name: str, key: str) -> tuple[float, float]:
     value = cfg[key]
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = [value, value]
     if (not isinstance(value, Sequence) or len(value) != 2
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) or value[0] > value[1]):
-        raise ConfigError(f"data.augment.{name}.{key} must be [low, high] (or one number), got {value!r}")
+        raise ConfigError(f"data.augment.{name}.{key} must be [low, high], got {value!r}")
     return float(value[0]), float(value[1])
 
 

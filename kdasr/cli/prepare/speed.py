@@ -21,7 +21,9 @@ def _factors(ctx: click.Context, param: click.Parameter, value: str) -> list[flo
 @click.option("--part", default="train", show_default=True, help="The part to perturb (training data only).")
 @click.option("--factors", default="0.9,1.0,1.1", callback=_factors, show_default=True,
               help="Speed factors; 1.0 keeps the original cut.")
-def speed(manifest_dir: Path, part: str, factors: list[float]) -> None:
+@click.option("--view", type=click.Choice(["wb", "nb"]), default="wb", show_default=True,
+              help="nb: a corpus's own 8 kHz cuts (cuts_<part>_nb.jsonl.gz), not made from the wb ones.")
+def speed(manifest_dir: Path, part: str, factors: list[float], view: str) -> None:
     """Speed perturbation as precomputed copies, each with its own cut id (as icefall does).
 
     Run it before `kdasr prepare narrowband` and `fbank`: every copy gets its
@@ -33,6 +35,6 @@ def speed(manifest_dir: Path, part: str, factors: list[float]) -> None:
 
     log_to(manifest_dir, f"speed_{part}")
     try:
-        prepare_speed(manifest_dir, part, factors)
+        prepare_speed(manifest_dir, part, factors, view)
     except DataError as e:
         raise click.ClickException(str(e)) from e
