@@ -23,6 +23,7 @@ from kdasr.data.augment import (
     speed_copies,
 )
 from kdasr.data.features import fbank_extractor
+from kdasr.data.tokenizer import texts_from_cuts
 from kdasr.models import build_model
 from kdasr.train.progress import StepLog, format_eta
 from kdasr.train.trainer import seed_everything
@@ -96,6 +97,8 @@ def test_speed_copies_ids_durations_and_frames(cuts, tmp_path):
     feats = slow.compute_features(fbank_extractor(SR))
     assert feats.shape[0] == compute_num_frames(slow.duration, 0.01, SR)
     assert feats.shape[0] > c.num_frames
+    # token sets and LMs count each transcript once
+    assert sorted(i for i, _ in texts_from_cuts(out)) == sorted(c.id for c in cuts)
     # a rerun starts from the originals: no _sp0.9_sp0.9
     again = speed_copies(out, (0.9, 1.0, 1.1))
     assert sorted(x.id for x in again) == sorted(sp)
@@ -249,3 +252,36 @@ def test_step_log_lines():
     line = log.step(2, 10.0, None, 1e-3)
     assert line == "epoch 2 step 2: loss 2, lr 0.001, 10.0x real time, 20% of the epoch, ETA 8s"
     assert format_eta(3725) == "1h02m" and format_eta(245) == "4m05s"
+
+
+# ------------------------------------------------------------------ in the trainer
+def _synth_cfg(root: Path) -> dict:
+    from kdasr.data.tokenizer import build_char_lang
+    from synth import make_feature_cuts
+
+    train = make_feature_cuts(root / "feats", num_cuts=16, seed=0, prefix="tr")
+    train.to_file(root / "cuts_train.jsonl.gz")
+    build_char_lang(texts_from_cuts(train), root / "lang_char")
+    return {
+        "data": {"train_cuts": str(root / "cuts_train.jsonl.gz"), "lang_dir": str(root / "lang_char"),
+                 "max_duration": 3.0, "num_buckets": 2,
+                 "augment": {"volume": {"enabled": True}, "specaugment": {"time_warp_factor": 10}}},
+        "model": {"name": "cnn", "channels": 16, "num_layers": 1, "utt_norm": True},
+        "train": {"epochs": 1, "warmup_steps": 2, "save_every_n": 0, "keep_last_n": 0, "log_every_n": 2},
+    }
+
+
+def test_trainer_augments_and_logs_progress(tmp_path):
+    from kdasr.train.checkpoint import load_model
+    from kdasr.train.trainer import Trainer
+
+    cfg = _synth_cfg(tmp_path)
+    Trainer(cfg, tmp_path / "exp").fit()
+    log = (tmp_path / "exp" / "log" / "train.log").read_text()
+    assert "augmentation: volume, specaugment" in log
+    assert "epoch 1 step 2: loss" in log and "x real time" in log and "ETA" in log
+    model, _ = load_model(tmp_path / "exp" / "best.pt")
+    assert model.utt_norm  # rebuilt from the checkpoint's model_cfg
+    cfg["train"]["spec_augment"] = {"p": 0.5}
+    with pytest.raises(ConfigError, match="data.augment.specaugment"):
+        Trainer(cfg, tmp_path / "exp2")
