@@ -28,8 +28,9 @@ lhotse_opts=             # with --corpus lhotse: KEY=VALUE options of lhotse's p
 kaldi_wav_root=          # with --corpus kaldi: where relative wav.scp paths start (default: the parent of --corpus-dir)
 sampling_rate=           # kaldi | tsv | lhotse: required rate of the source audio (default: any)
 skip_bad=false           # import: leave out bad utterances (listed in data/manifests/import_<part>.skipped.txt)
-dev_speakers=0           # aurora4: training speakers held out as part dev (Aurora-4 has no dev list)
-dev_seed=0               # aurora4: seed of the choice of dev speakers
+dev_speakers=0           # aurora4, kaldi: training speakers held out as part dev (for corpora without a dev list)
+dev_seed=0               # aurora4, kaldi: seed of the choice of dev speakers
+speed_perturb=           # speed factors of precomputed training copies <id>_sp<f>, e.g. "0.9 1.0 1.1" (empty: none)
 transcript_dir=          # aurora4: where the WSJ0 .dot/.lsn transcripts are, if not under --corpus-dir
 normalize_text=none      # aurora4: none | wsj (drop WSJ markup such as [noise] and <word>, as Kaldi does)
 nb_source=simulate       # 8 kHz view: simulate (telephone channel on the wb audio) | corpus (aurora4's own 8 kHz copy)
@@ -158,8 +159,14 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
         out=$(cd $data/manifests && pwd)
         wav_root=${kaldi_wav_root:-$(dirname "$src")}
         ext=""; [ $corpus = tsv ] && ext=.tsv
+        # With --dev-speakers the dev part is held out of the training part, not imported.
+        import_parts=$all_parts
+        if (( dev_speakers > 0 )); then
+          import_parts=$(echo " $all_parts " | sed "s/ $dev_part / /")
+          dev_opts="--dev-speakers $dev_speakers --dev-part $dev_part --seed $dev_seed"
+        fi
         n=0
-        for p in $all_parts; do
+        for p in $import_parts; do
           n=$((n + 1))
           if [ ! -e "$src/$p$ext" ]; then
             echo "$0: part $p: $src/$p$ext does not exist (name yours with --train-part, --dev-part, --test-parts)" >&2
@@ -167,8 +174,12 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
           fi
           log "  job $n: $src/$p$ext → part $p"
         done
-        job="parts=(- $all_parts); cd $(printf %q "$wav_root") && kdasr prepare import $corpus"
+        job="parts=(- $import_parts); cd $(printf %q "$wav_root") && kdasr prepare import $corpus"
         job+=" $(printf %q "$src")/\${parts[JOB]}$ext --part \${parts[JOB]} --out-dir $(printf %q "$out") $import_opts"
+        if (( dev_speakers > 0 )); then  # only the training part's job holds the dev speakers out
+          # shellcheck disable=SC2016
+          job+=' $([ ${parts[JOB]} = '"$train_part"' ] && echo '"$dev_opts"')'
+        fi
         logged JOB=1:$n $data/log/import_$corpus.JOB.log bash -c "$job" ;;
       lhotse)
         [ -n "$sampling_rate" ] && import_opts="$import_opts --sampling-rate $sampling_rate"
@@ -185,6 +196,11 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
       *) echo "$0: unknown --corpus $corpus" >&2; exit 1 ;;
     esac
     touch $data/manifests/.import.done
+  fi
+  if [ -n "$speed_perturb" ]; then
+    log "  speed perturbation of $train_part: copies <id>_sp<f> for factors $speed_perturb"
+    logged $data/log/speed.log kdasr prepare speed --manifest-dir $data/manifests --part $train_part \
+      --factors "$(echo $speed_perturb | tr ' ' ',')"
   fi
 fi
 
@@ -211,7 +227,11 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ] && [[ " $views " == *" nb "* ]]; th
           --sampling-rate 8000 --parts $parts_csv --dev-speakers $dev_speakers --seed $dev_seed \
           --normalize-text $normalize_text ${transcript_dir:+--transcript-dir $transcript_dir} \
           --out-dir $data/manifests_8k $opts
-        for p in $all_parts; do cp $data/manifests_8k/cuts_$p.jsonl.gz $data/manifests/cuts_${p}_nb.jsonl.gz; done ;;
+        for p in $all_parts; do cp $data/manifests_8k/cuts_$p.jsonl.gz $data/manifests/cuts_${p}_nb.jsonl.gz; done
+        if [ -n "$speed_perturb" ]; then  # the same copies (same ids) of the 8 kHz recordings
+          logged $data/log/speed_nb.log kdasr prepare speed --manifest-dir $data/manifests --part $train_part \
+            --view nb --factors "$(echo $speed_perturb | tr ' ' ',')"
+        fi ;;
       *) echo "$0: unknown --nb-source $nb_source (simulate or corpus)" >&2; exit 1 ;;
     esac
     touch $data/narrowband/.done

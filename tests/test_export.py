@@ -30,6 +30,8 @@ TINY = {
     "lstm": {"name": "lstm", "conv_channels": 8, "hidden": 8, "num_layers": 2, "bidirectional": True,
              "proj_size": 0, "dropout": 0.1},
     "lstm_uni": {"name": "lstm", "conv_channels": 8, "hidden": 8, "num_layers": 2, "bidirectional": False},
+    # the level-invariant front end lives in the model, so the exported graph must hold it too
+    "cnn_utt_norm": {"name": "cnn", "channels": 8, "num_layers": 2, "utt_norm": True},
 }
 
 

@@ -338,7 +338,7 @@ def test_kaldi_data_recipe_stages_0_to_3(tmp_path: Path) -> None:
     data = recipe / "data"
     cuts = check_stages_0_to_3(data, ["train_si284", "test_dev93", "test_eval92"], "char")
     train = {c.id: c for c in cuts[("train_si284", "wb")]}
-    assert len(train) == 6 and train["spk1-rec1-2"].start == pytest.approx(2.0)
+    assert len(train) == 3 * 6 and train["spk1-rec1-2"].start == pytest.approx(2.0)  # + speed copies
     assert train["spk1-rec1-2"].recording.sources[0].source == str(data_root.parent / "wav" / "rec1.wav")
     test = load_manifest(data / "manifests" / "recordings_test_eval92.jsonl.gz")
     assert all(r.sources[0].type == "command" for r in test)

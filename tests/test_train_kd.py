@@ -121,8 +121,8 @@ def test_missing_cut_in_archive_is_named(kd_setup, tmp_path):
 
 def test_time_warp_is_refused(kd_setup, tmp_path):
     cfg = _kd_cfg(kd_setup, combine="average")
-    cfg["train"]["spec_augment"] = {"time_warp_factor": 80}
-    with pytest.raises(ConfigError, match="time_warp"):
+    cfg["data"]["augment"] = {"specaugment": {"time_warp_factor": 80}}
+    with pytest.raises(ConfigError, match="data.augment.specaugment.time_warp_factor = 80"):
         train_from_config(cfg, tmp_path / "exp")
 
 

@@ -26,6 +26,6 @@ set -euo pipefail
 cd "$(dirname "$0")"
 exec ../../recipes/kd_asr.sh --corpus aurora4 \
   --train-part train_multi --dev-part dev --test-parts test \
-  --dev-speakers 4 --normalize-text wsj \
+  --dev-speakers 4 --normalize-text wsj --speed-perturb "0.9 1.0 1.1" \
   --token-kind char \
   --experiments conf/experiments.txt "$@"

@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 exec ../../recipes/kd_asr.sh --corpus lhotse --lhotse-recipe librispeech --lhotse-opts "num_jobs=4" \
-  --sampling-rate 16000 \
+  --sampling-rate 16000 --speed-perturb "0.9 1.0 1.1" \
   --train-part train-clean-100 --dev-part dev-clean --test-parts "test-clean test-other" \
   --token-kind bpe --bpe-vocab 500 \
   --experiments conf/experiments.txt "$@"

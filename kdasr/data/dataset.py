@@ -6,14 +6,14 @@ lookups survive any change of data order.
 """
 from __future__ import annotations
 
-import logging
 from typing import Optional
 
 import torch
 from lhotse import CutSet
-from lhotse.dataset import SpecAugment
 from lhotse.dataset.collation import collate_features
 
+from kdasr.data.augment import Augmenter
+from kdasr.data.errors import DataError
 from kdasr.data.tokenizer import Tokenizer
 from kdasr.data.validate import cut_text
 
@@ -21,18 +21,18 @@ from kdasr.data.validate import cut_text
 class AsrDataset(torch.utils.data.Dataset):
     """Map a CutSet (one sampler batch) to a dict of tensors (see docs/ARCHITECTURE.md, Batch)."""
 
-    def __init__(self, tokenizer: Tokenizer, spec_augment: Optional[SpecAugment] = None) -> None:
+    def __init__(self, tokenizer: Tokenizer, augment: Optional[Augmenter] = None) -> None:
         self.tokenizer = tokenizer
-        self.spec_augment = spec_augment
+        self.augment = augment
 
     def __getitem__(self, cuts: CutSet) -> dict:
         cuts = cuts.sort_by_duration(ascending=False)
         try:
-            features, feature_lens = collate_features(cuts)
+            features, feature_lens = self.augment(cuts) if self.augment is not None else collate_features(cuts)
+        except DataError:
+            raise
         except Exception as e:  # a broken feature file: name the cuts so the user can find it
             raise RuntimeError(f"cannot load features of batch with cuts {[c.id for c in cuts][:8]}: {e}") from e
-        if self.spec_augment is not None:
-            features = self.spec_augment(features)
         texts = [cut_text(c) for c in cuts]
         targets = [self.tokenizer.encode(t) if t else [] for t in texts]
         return {
@@ -44,11 +44,3 @@ class AsrDataset(torch.utils.data.Dataset):
             "cuts": cuts,
         }
 
-
-def spec_augment_from_config(cfg: Optional[dict]) -> Optional[SpecAugment]:
-    """lhotse SpecAugment from a config section; ``None`` or ``enabled: false`` turns it off."""
-    if not cfg or not cfg.get("enabled", True):
-        return None
-    opts = {k: v for k, v in cfg.items() if k != "enabled"}
-    logging.debug("SpecAugment: %s", opts)
-    return SpecAugment(**opts)

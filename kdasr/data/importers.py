@@ -404,8 +404,16 @@ def import_kaldi_dir(
     part: str,
     sampling_rate: Optional[int] = None,
     skip_bad: bool = False,
+    dev_speakers: int = 0,
+    dev_part: str = "dev",
+    seed: int = 0,
 ) -> CutSet:
     """Import a Kaldi data dir (wav.scp, text, optional segments, utt2spk, reco2dur, spk2gender, utt2lang).
+
+    ``dev_speakers`` > 0 holds out that many of its speakers (chosen with
+    ``seed``) as part ``dev_part``, for corpora that ship no dev list
+    (speechocean762): dev WER then measures the training speakers' held-out
+    voices, and the official test stays untouched for the final figures.
 
     Every wav.scp entry is checked before lhotse sees it: files must exist and
     be readable, ``cmd |`` entries must run and produce audio (they run with
@@ -464,7 +472,26 @@ def import_kaldi_dir(
         except Exception as e:
             raise DataError(f"lhotse could not load Kaldi data dir {data_dir}: {_short(e)}") from e
     supervisions = SupervisionSet.from_segments(fastcopy(s, text=_norm_text(s.text)) for s in supervisions)
-    return _write_parts(out_dir, {part: (recordings, supervisions, problems)})[part]
+    parts = {part: (recordings, supervisions, problems)}
+    if dev_speakers > 0:
+        held = choose_speakers({s.speaker for s in supervisions}, dev_speakers, seed)
+        dev_sups = supervisions.filter(lambda s: s.speaker in held)
+        dev_recs = {s.recording_id for s in dev_sups}
+        parts = {
+            part: (recordings.filter(lambda r: r.id not in dev_recs),
+                   supervisions.filter(lambda s: s.recording_id not in dev_recs), problems),
+            dev_part: (recordings.filter(lambda r: r.id in dev_recs), dev_sups, _Problems(dev_part)),
+        }
+        logging.info("part %s: speakers %s held out of %s (%d utterances)", dev_part, sorted(held), part, len(dev_sups))
+    return _write_parts(out_dir, parts)[part]
+
+
+def choose_speakers(speakers: Iterable[str], num: int, seed: int) -> set[str]:
+    """``num`` of ``speakers`` drawn with ``seed`` (sorted first, so the draw is reproducible)."""
+    pool = sorted(set(speakers))
+    if num >= len(pool):
+        raise ValueError(f"cannot hold out {num} of the {len(pool)} training speakers for dev")
+    return set(random.Random(seed).sample(pool, num))
 
 
 def _compare_reco2dur(path: Path, durations: dict[str, float]) -> None:
@@ -947,10 +974,7 @@ def _hold_out_dev(items: dict[str, list[_Item]], dev_speakers: int, seed: int) -
     train = [p for p in ("train_multi", "train_clean") if p in items]
     if not train:
         raise DataError("Aurora-4 part dev is held out from training, but no training audio was found")
-    speakers = sorted({it.speaker for p in train for it in items[p] if it.speaker})
-    if dev_speakers >= len(speakers):
-        raise ValueError(f"cannot hold out {dev_speakers} of the {len(speakers)} training speakers for dev")
-    held = set(random.Random(seed).sample(speakers, dev_speakers))
+    held = choose_speakers({it.speaker for p in train for it in items[p] if it.speaker}, dev_speakers, seed)
     items["dev"] = [it for it in items[train[0]] if it.speaker in held]
     for p in train:
         items[p] = [it for it in items[p] if it.speaker not in held]

@@ -82,7 +82,9 @@ def iter_texts(texts: Texts) -> Iterable[tuple[str, str]]:
 def texts_from_cuts(cuts: Union[Iterable, Pathlike]) -> list[tuple[str, str]]:
     """``(cut id, transcript)`` of every transcribed cut of a CutSet or manifest path.
 
-    Untranscribed cuts are skipped: they carry no information about the token set.
+    Untranscribed cuts are skipped: they carry no information about the token set;
+    so are speed-perturbed copies (custom ``speed``, from ``kdasr prepare speed``),
+    whose transcripts would count each sentence once per speed in a BPE model or an LM.
     """
     if isinstance(cuts, (str, Path)):
         from lhotse import load_manifest_lazy
@@ -92,6 +94,8 @@ def texts_from_cuts(cuts: Union[Iterable, Pathlike]) -> list[tuple[str, str]]:
         cuts = load_manifest_lazy(cuts)
     out = []
     for cut in cuts:
+        if (getattr(cut, "custom", None) or {}).get("speed") is not None:
+            continue
         text = " ".join(s.text.strip() for s in cut.supervisions if s.text and s.text.strip())
         if text:
             out.append((cut.id, text))

@@ -78,6 +78,9 @@ def build_model(
         raise ValueError(f"model config needs a 'name' (one of {', '.join(sorted(_REGISTRY))}); got {model_cfg!r}")
     options = dict(model_cfg)
     name = options.pop("name")
+    utt_norm = options.pop("utt_norm", False)
+    if not isinstance(utt_norm, bool):
+        raise ValueError(f"model option utt_norm must be true or false, got {utt_norm!r}")
     cls = _REGISTRY.get(name)
     if cls is None:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))}")
@@ -87,8 +90,14 @@ def build_model(
     ]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise ValueError(f"model {name!r} has no option(s) {', '.join(unknown)}; it accepts: {', '.join(accepted)}")
-    return cls(num_features, vocab_size, cmvn, **options)
+        raise ValueError(
+            f"model {name!r} has no option(s) {', '.join(unknown)}; it accepts: {', '.join(accepted + ['utt_norm'])}"
+        )
+    model = cls(num_features, vocab_size, cmvn, **options)
+    if utt_norm:  # an option of every model, kept in model_cfg so checkpoints and exports rebuild it
+        model.utt_norm = True
+        model.options["utt_norm"] = True
+    return model
 
 
 def _conv_macs(module: nn.Module, out: torch.Tensor) -> int:

@@ -101,6 +101,9 @@ class AcousticModel(nn.Module, abc.ABC):
     subsampling: int = SUBSAMPLING
     #: seconds per output frame (subsampling 4 x 10 ms)
     frame_shift: float = FRAME_SHIFT
+    #: subtract each utterance's mean log-mel (per bin) after the global CMVN: a recording's gain
+    #: (and a fixed channel) is a constant offset in log-mel, so this makes the model level-invariant
+    utt_norm: bool = False
 
     def __init__(
         self,
@@ -138,7 +141,11 @@ class AcousticModel(nn.Module, abc.ABC):
                 raise ValueError(f"feat_lens has {t_max} frames but the features only {feats.size(1)}")
             feats = feats[:, :t_max]
         feat_lens = feat_lens.to(device=feats.device, dtype=torch.long)
-        x = self.cmvn(feats) * valid_mask(feat_lens, feats.size(1), feats.dtype).unsqueeze(-1)
+        mask = valid_mask(feat_lens, feats.size(1), feats.dtype).unsqueeze(-1)
+        x = self.cmvn(feats) * mask
+        if self.utt_norm:
+            mean = x.sum(dim=1, keepdim=True) / feat_lens.clamp(min=1).to(x.dtype).view(-1, 1, 1)
+            x = (x - mean) * mask
         return self.encode(x, feat_lens)
 
     @abc.abstractmethod

@@ -28,8 +28,9 @@ from lhotse.dataset import DynamicBucketingSampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from kdasr.config import deep_merge, save_config
-from kdasr.data.dataset import AsrDataset, spec_augment_from_config
+from kdasr.config import ConfigError, deep_merge, save_config
+from kdasr.data.augment import AUGMENT_DEFAULTS, Augmenter
+from kdasr.data.dataset import AsrDataset
 from kdasr.data.features import load_cmvn
 from kdasr.data.subsets import hold_back_transcripts
 from kdasr.data.tokenizer import Tokenizer
@@ -46,6 +47,7 @@ from kdasr.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from kdasr.train.progress import StepLog
 from kdasr.utils.io import atomic_write_text
 from kdasr.utils.logging import setup_logging
 
@@ -62,6 +64,8 @@ DEFAULTS: dict = {
         # the rest are dropped, or under KD taught by the soft labels alone.
         "transcribed_fraction": 1.0,
         "transcribed_seed": 0,
+        # volume, noise, reverb, specaugment: see kdasr.data.augment
+        "augment": AUGMENT_DEFAULTS,
     },
     "model": {"name": "cnn"},
     "train": {
@@ -80,16 +84,6 @@ DEFAULTS: dict = {
         "keep_last_n": 3,
         "early_stop_patience": 5,
         "log_every_n": 20,
-        "spec_augment": {
-            "enabled": True,
-            "time_warp_factor": 0,
-            "num_feature_masks": 2,
-            "features_mask_size": 15,
-            "num_frame_masks": 2,
-            "frames_mask_size": 20,
-            "max_frames_mask_fraction": 0.15,
-            "p": 0.9,
-        },
     },
 }
 
@@ -171,6 +165,8 @@ class Trainer:
         if not first.has_features:
             raise ValueError(f"cut {first.id} in {dcfg['train_cuts']} has no features: run `kdasr prepare fbank` first")
         self.num_features = first.num_features
+        # audio per rank and epoch, for the ETA of the step log lines
+        self.epoch_seconds = sum(c.duration for c in self.train_cuts) / self.world_size
         cmvn = load_cmvn(dcfg["cmvn"]) if dcfg.get("cmvn") else None
         self.model = build_model(self.cfg["model"], self.num_features, self.tokenizer.vocab_size, cmvn).to(self.device)
         self.objective: Objective = objective if objective is not None else CtcObjective()
@@ -193,7 +189,12 @@ class Trainer:
             world_size=self.world_size,
             rank=self.rank,
         )
-        self.dataset = AsrDataset(self.tokenizer, spec_augment_from_config(tcfg.get("spec_augment")))
+        if "spec_augment" in tcfg:
+            raise ConfigError("train.spec_augment has moved to data.augment.specaugment (same keys)")
+        self.augment = Augmenter(dcfg["augment"], first.sampling_rate, seed=tcfg["seed"])
+        if self.is_main:
+            logging.info("augmentation: %s", ", ".join(self.augment.active) or "none")
+        self.dataset = AsrDataset(self.tokenizer, self.augment)
         self.ddp_model: torch.nn.Module = self.model
         if self.world_size > 1:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
@@ -389,6 +390,7 @@ class Trainer:
         while self.state.epoch <= tcfg["epochs"] and not stop:
             if not self.resumed_mid_epoch:
                 self.sampler.set_epoch(self.state.epoch)
+            self.augment.set_epoch(self.state.epoch)
             self.resumed_mid_epoch = False
             # The loader draws a base seed when iterated; its own generator keeps that draw
             # out of the global RNG stream, which a resumed run must replay exactly.
@@ -403,12 +405,17 @@ class Trainer:
                 torch.distributed.algorithms.join.Join([self.ddp_model])
                 if self.world_size > 1 else contextlib.nullcontext()
             )
-            # disable=None: no bar when stderr is not a terminal (log files get the per-epoch lines instead).
+            # disable=None: no bar when stderr is not a terminal (log files get the StepLog lines instead).
             bar = tqdm(loader, desc=f"epoch {self.state.epoch}", disable=None if self.is_main else True, leave=False)
+            step_log = StepLog(self.state.epoch, self.epoch_seconds, tcfg["log_every_n"])
             with join:
                 for batch in bar:
                     self.state.step += 1
                     out = self.train_step(batch)
+                    line = step_log.step(self.state.step, sum(c.duration for c in batch["cuts"]),
+                                         None if out is None else out["loss"], self.scheduler.get_last_lr()[0])
+                    if line and self.is_main:
+                        logging.info("%s", line)
                     if out is not None:
                         n_ok += 1
                         for k, v in out.items():

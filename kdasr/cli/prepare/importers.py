@@ -51,14 +51,21 @@ def import_() -> None:
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--part", required=True, help="Part name of the output files (train, dev, test, ...).")
 @click.option("--sampling-rate", type=int, default=None, help="Expected rate; default: the most common one.")
+@click.option("--dev-speakers", type=int, default=0, help="Speakers held out of this part as --dev-part (0: none).")
+@click.option("--dev-part", default="dev", help="Part name of the held-out speakers.")
+@click.option("--seed", type=int, default=0, help="Seed of the dev speaker choice.")
 @_common_options
-def kaldi(data_dir: Path, part: str, sampling_rate: Optional[int], out_dir: Path, skip_bad: bool) -> None:
+def kaldi(
+    data_dir: Path, part: str, sampling_rate: Optional[int], dev_speakers: int, dev_part: str, seed: int,
+    out_dir: Path, skip_bad: bool,
+) -> None:
     """A Kaldi data dir (wav.scp, text, segments, utt2spk, reco2dur)."""
     from kdasr.data.importers import import_kaldi_dir
 
     log_to(out_dir, f"import_{part}")
     with _clean_errors():
-        import_kaldi_dir(data_dir, out_dir, part, sampling_rate=sampling_rate, skip_bad=skip_bad)
+        import_kaldi_dir(data_dir, out_dir, part, sampling_rate=sampling_rate, skip_bad=skip_bad,
+                         dev_speakers=dev_speakers, dev_part=dev_part, seed=seed)
 
 
 @import_.command("tsv")
