@@ -6,7 +6,6 @@ lookups survive any change of data order.
 """
 from __future__ import annotations
 
-import logging
 from typing import Optional
 
 import torch
@@ -44,11 +43,3 @@ class AsrDataset(torch.utils.data.Dataset):
             "cuts": cuts,
         }
 
-
-def spec_augment_from_config(cfg: Optional[dict]) -> Optional[SpecAugment]:
-    """lhotse SpecAugment from a config section; ``None`` or ``enabled: false`` turns it off."""
-    if not cfg or not cfg.get("enabled", True):
-        return None
-    opts = {k: v for k, v in cfg.items() if k != "enabled"}
-    logging.debug("SpecAugment: %s", opts)
-    return SpecAugment(**opts)

@@ -16,7 +16,8 @@ from kdasr.config import deep_merge
 from kdasr.data.tokenizer import Tokenizer
 from kdasr.distill.oracle import OracleObjective
 from kdasr.distill.specialists import SpecialistObjective, resolve_subsets
-from kdasr.distill.strategies import KDObjective, KDTargets, check_augmentation_compatible, multistream_cuts
+from kdasr.distill.strategies import KDObjective, KDTargets
+from kdasr.distill.teachers import check_augmentation_compatible
 from kdasr.train.trainer import DEFAULTS, Objective, TrainState, Trainer
 from kdasr.utils.io import save_manifest
 
@@ -26,8 +27,9 @@ def kd_objective(cfg: dict, exp_dir: Path) -> Optional[Objective]:
 
     Checks, before any training step, that augmentation keeps the teacher's
     frames and that every archive fits the student's cuts and token set.
-    Under ``multistream`` it rewrites ``cfg['data']['train_cuts']`` to a
-    manifest in ``exp_dir`` holding one copy of each cut per teacher.
+    When the combine mode trains on other cuts (``multistream``: one copy of
+    each cut per teacher) it rewrites ``cfg['data']['train_cuts']`` to a
+    manifest of them in ``exp_dir``.
     """
     kd = cfg.get("kd")
     if not kd:
@@ -37,10 +39,11 @@ def kd_objective(cfg: dict, exp_dir: Path) -> Optional[Objective]:
     tokenizer = Tokenizer.from_dir(data["lang_dir"])
     student_cuts = CutSet.from_file(data["train_cuts"]).to_eager()
     targets = KDTargets(kd, student_cuts, tokenizer.hash, tokenizer.vocab_size)
-    if targets.combine == "multistream":
-        path = Path(exp_dir) / "cuts_train_multistream.jsonl.gz"
-        save_manifest(multistream_cuts(student_cuts, targets.names), path)
-        logging.info("multistream: %d cuts x %d teachers -> %s", len(student_cuts), len(targets.names), path)
+    train_cuts = targets.training_cuts(student_cuts)
+    if train_cuts is not None:
+        path = Path(exp_dir) / f"cuts_train_{targets.combine}.jsonl.gz"
+        save_manifest(train_cuts, path)
+        logging.info("%s: %d cuts -> %d training cuts in %s", targets.combine, len(student_cuts), len(train_cuts), path)
         data["train_cuts"] = str(path)
     return KDObjective(targets)
 

@@ -29,7 +29,8 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from kdasr.config import deep_merge, save_config
-from kdasr.data.dataset import AsrDataset, spec_augment_from_config
+from kdasr.data.augment import spec_augment_from_config
+from kdasr.data.dataset import AsrDataset
 from kdasr.data.features import load_cmvn
 from kdasr.data.subsets import hold_back_transcripts
 from kdasr.data.tokenizer import Tokenizer
