@@ -54,7 +54,6 @@ from kdasr.distill.losses import ctc_loss_hard
 from kdasr.utils.io import Pathlike, atomic_write_text
 
 Subsets = list[list[int]]
-COMBINE_RULES = ("average", "hinton")
 
 
 # --------------------------------------------------------------------------- subsets

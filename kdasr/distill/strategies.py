@@ -22,6 +22,7 @@ from kdasr.distill.combine import COMBINE_MODES
 from kdasr.distill.losses import REDUCTIONS, NBestList
 from kdasr.distill.objectives import KD_LOSSES
 from kdasr.distill.teachers import TeacherLabels, check_temperature, label_batch, load_teachers
+from kdasr.models.common import model_inputs
 
 KD_DEFAULTS: dict = {
     "strategy": "frame-kl",
@@ -203,7 +204,8 @@ class KDObjective:
         self.kd = kd
 
     def __call__(self, model: torch.nn.Module, batch: dict, step: int) -> tuple[torch.Tensor, dict]:
-        logits, out_lens = model(batch["features"], batch["feature_lens"])
+        extra = model_inputs(model, batch["targets"], batch["features"].device)
+        logits, out_lens = model(batch["features"], batch["feature_lens"], **extra)
         by_id = {c.id: c for c in batch["cuts"]}
         cuts = [by_id[i] for i in batch["cut_ids"]]
         return self.kd.loss(logits, out_lens, cuts, batch["targets"], step)

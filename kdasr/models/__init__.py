@@ -22,6 +22,7 @@ __all__ = [
     "list_models",
     "macs_per_second",
     "make_pad_mask",
+    "model_class",
     "model_summary",
     "output_lengths",
     "register_model",
@@ -62,6 +63,15 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def model_class(name: str) -> type[AcousticModel]:
+    """The class registered as ``name``: what a caller asks about a model kind (its inputs, objective)."""
+    _load_builtins()
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))}")
+    return cls
+
+
 def build_model(
     model_cfg: Mapping[str, Any],
     num_features: int,
@@ -78,9 +88,7 @@ def build_model(
         raise ValueError(f"model config needs a 'name' (one of {', '.join(sorted(_REGISTRY))}); got {model_cfg!r}")
     options = dict(model_cfg)
     name = options.pop("name")
-    cls = _REGISTRY.get(name)
-    if cls is None:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))}")
+    cls = model_class(name)
     accepted = [
         p.name for p in inspect.signature(cls.__init__).parameters.values()
         if p.kind == p.KEYWORD_ONLY

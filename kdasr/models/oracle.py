@@ -63,6 +63,9 @@ def relative_positions(lens: torch.Tensor, max_len: int, dim: int) -> torch.Tens
 class OracleModel(AcousticModel):
     """Acoustic encoder + cross-attention to an order-free text memory + feed-forward -> V logits."""
 
+    inputs = ("features", "targets")
+    encoder_family = False
+
     def __init__(
         self,
         num_features: int,

@@ -1,25 +1,29 @@
 """Choose the objective a config asks for and run the trainer.
 
-Hard-label CTC by default; knowledge distillation with a ``kd`` section; the
-specialist ensemble and the Oracle Teacher bring their own objectives
-(per-head CTC, and CTC with the transcript as an input too).
+Knowledge distillation with a ``kd`` section; otherwise the objective the
+model declares (``AcousticModel.objective``): hard-label CTC, or per-head
+CTC for the specialist ensemble. What a model reads besides the features
+(the Oracle Teacher's transcript) it declares too, and the objectives ask it.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from lhotse import CutSet
 
 from kdasr.config import deep_merge
 from kdasr.data.tokenizer import Tokenizer
-from kdasr.distill.oracle import OracleObjective
-from kdasr.distill.specialists import SpecialistObjective, resolve_subsets
+from kdasr.distill.specialists import SpecialistObjective
 from kdasr.distill.strategies import KDObjective, KDTargets
 from kdasr.distill.teachers import check_augmentation_compatible
-from kdasr.train.trainer import DEFAULTS, Objective, TrainState, Trainer
+from kdasr.models import model_class
+from kdasr.train.trainer import DEFAULTS, CtcObjective, Objective, TrainState, Trainer
 from kdasr.utils.io import save_manifest
+
+OBJECTIVES: dict[str, Callable[[], Objective]] = {"ctc": CtcObjective, "specialist-heads": SpecialistObjective}
+"""The objectives a model can declare it needs (``AcousticModel.objective``) when there is no ``kd`` section."""
 
 
 def kd_objective(cfg: dict, exp_dir: Path) -> Optional[Objective]:
@@ -51,12 +55,9 @@ def kd_objective(cfg: dict, exp_dir: Path) -> Optional[Objective]:
 def train_from_config(cfg: dict, exp_dir: Path, resume: bool = True) -> TrainState:
     """Hard-label CTC, or knowledge distillation when the config has a ``kd`` section."""
     cfg = deep_merge(DEFAULTS, cfg)
-    name = cfg["model"]["name"]
-    if name == "specialists":  # subsets from a YAML file become token ids, so the checkpoint stands alone
-        cfg["model"] = resolve_subsets(cfg["model"], cfg["data"]["lang_dir"], exp_dir)
+    model = model_class(cfg["model"]["name"])
+    cfg["model"] = model.resolve_config(cfg["model"], cfg["data"]["lang_dir"], exp_dir)
     objective = kd_objective(cfg, Path(exp_dir))
-    if objective is None and name == "specialists":
-        objective = SpecialistObjective()
-    elif objective is None and name == "oracle":
-        objective = OracleObjective()
+    if objective is None:
+        objective = OBJECTIVES[model.objective]()
     return Trainer(cfg, exp_dir, objective).fit(resume=resume)

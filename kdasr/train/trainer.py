@@ -38,6 +38,7 @@ from kdasr.data.validate import filter_ctc_feasible, format_report, num_problems
 from kdasr.decode.greedy import greedy_search
 from kdasr.distill.losses import ctc_loss_hard
 from kdasr.models import build_model
+from kdasr.models.common import model_inputs
 from kdasr.score.wer import compute_wer
 from kdasr.train.checkpoint import (
     latest_checkpoint,
@@ -106,14 +107,16 @@ class Objective(Protocol):
 
 
 class CtcObjective:
-    """Plain CTC on the transcripts (the hard-label baseline and every teacher)."""
+    """Plain CTC on the transcripts (the hard-label baseline and every teacher).
 
-    def model_inputs(self, batch: dict) -> dict:
-        """Keyword inputs the model reads besides the features (none; the Oracle Teacher's transcript)."""
-        return {}
+    A model that declares the transcript as an input (the Oracle Teacher,
+    ``inputs = ("features", "targets")``) also reads it; it corrupts its copy
+    itself in train mode. Untranscribed cuts get an empty input and no CTC term.
+    """
 
     def __call__(self, model: torch.nn.Module, batch: dict, step: int) -> tuple[torch.Tensor, dict]:
-        logits, out_lens = model(batch["features"], batch["feature_lens"], **self.model_inputs(batch))
+        extra = model_inputs(model, batch["targets"], batch["features"].device)
+        logits, out_lens = model(batch["features"], batch["feature_lens"], **extra)
         loss = ctc_loss_hard(logits, out_lens, batch["targets"])
         return loss, {"ctc": loss.detach()}
 
