@@ -9,10 +9,11 @@ import torch
 
 from kdasr.distill.specialists import (
     SpecialistObjective,
+    average_rule,
     cluster_tokens,
-    combine_average,
-    combine_hinton,
+    cover_matrix,
     hinton_gradient,
+    hinton_rule,
     load_subsets,
     map_targets,
     save_subsets,
@@ -65,6 +66,15 @@ def test_subsets_validation_targets_and_yaml(tmp_path):
     save_subsets([[1, 2], [2, 3]], tmp_path / "s.yaml", Tok.tokens)
     assert "- a" in (tmp_path / "s.yaml").read_text()
     assert load_subsets(tmp_path / "s.yaml", Tok()) == [[1, 2], [2, 3]]
+
+
+def combine_average(heads, subsets, vocab_size, generalist=None):
+    return average_rule(heads, subsets, cover_matrix(subsets, vocab_size, 0, generalist is not None), generalist)
+
+
+def combine_hinton(heads, subsets, vocab_size, generalist=None, steps=30):
+    cover = cover_matrix(subsets, vocab_size, 0, generalist is not None)
+    return hinton_rule(heads, subsets, cover, uncovered_matrix(subsets, vocab_size), generalist, steps, 2.0)
 
 
 def test_average_rule_by_hand():

@@ -29,12 +29,12 @@ so the heads' frames line up and can be combined frame by frame.
 
 Combination (both give ``(..., V)`` log-probs):
 
-- :func:`combine_average` (the authors' rule): drop each head's dustbin,
+- :func:`average_rule` (the authors' rule): drop each head's dustbin,
   average the scores of a token over the heads that cover it, one softmax.
   The model passes each head's log-softmax as its scores: raw logits carry
   an arbitrary per-head, per-frame offset (softmax ignores it), which
   averaging across heads would turn into a bias for one head's tokens.
-- :func:`combine_hinton`: the q minimising ``KL(p_g || q) + sum_s KL(p_s || q_s)``,
+- :func:`hinton_rule`: the q minimising ``KL(p_g || q) + sum_s KL(p_s || q_s)``,
   where ``q_s`` is q over head s's classes with the dustbin getting q summed
   over the tokens s does not cover (and the generalist term is present when
   the model has a generalist head), found by a few gradient steps on the
@@ -215,7 +215,7 @@ def load_subsets(path: Pathlike, tokenizer: Any) -> Subsets:
     """Subsets of a YAML file (``subsets: [[sym, ...], ...]``, symbols or ids) as checked token ids."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"specialist subsets file {path} does not exist (see kdasr.distill.specialists.make_subsets_file)")
+        raise FileNotFoundError(f"specialist subsets file {path} does not exist (write one with kdasr.distill.specialists.save_subsets, or give subsets: {{from_archive: DIR, num_subsets: K}})")
     doc = yaml.safe_load(path.read_text()) or {}
     if not isinstance(doc, Mapping) or "subsets" not in doc:
         raise ValueError(f"{path}: expected a mapping with key 'subsets'")
@@ -231,21 +231,6 @@ def load_subsets(path: Pathlike, tokenizer: Any) -> Subsets:
                 raise ValueError(f"{path}: token {t!r} is not in the token set {tokenizer.lang_dir}")
         out.append(ids)
     return validate_subsets(out, tokenizer.vocab_size, tokenizer.blank_id)
-
-
-def make_subsets_file(
-    archive_dir: Pathlike, lang_dir: Pathlike, num_subsets: int, out: Pathlike, overlap: int = 0,
-    max_frames: int = 200_000, seed: int = 0,
-) -> Subsets:
-    """Cluster a generalist's archive into ``num_subsets`` subsets and write them to ``out`` (one call for a recipe)."""
-    from kdasr.data.tokenizer import Tokenizer
-
-    tok = Tokenizer.from_dir(lang_dir)
-    subsets = cluster_tokens(posteriors_from_archive(archive_dir, max_frames, seed), num_subsets,
-                             tok.blank_id, overlap, seed)
-    save_subsets(subsets, out, tok.tokens)
-    logging.info("specialist subsets -> %s: %s", out, [len(s) for s in subsets])
-    return subsets
 
 
 def resolve_subsets(model_cfg: Mapping[str, Any], lang_dir: Pathlike, out_dir: Optional[Pathlike] = None) -> dict:
@@ -309,52 +294,21 @@ def _strip_dustbins(head_scores: Sequence[torch.Tensor], subsets: Sequence[Seque
     return torch.cat(parts, dim=-1), torch.stack([h[..., -1] for h in head_scores], dim=-1)
 
 
-def combine_average(
-    head_scores: Sequence[torch.Tensor],
-    subsets: Sequence[Sequence[int]],
-    vocab_size: int,
-    blank_id: int = 0,
-    generalist: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
+def average_rule(head_scores: Sequence[torch.Tensor], subsets: Sequence[Sequence[int]],
+                 cover: torch.Tensor, generalist: Optional[torch.Tensor]) -> torch.Tensor:
     """The authors' rule: drop dustbins, average each token's scores over the heads covering it, log-softmax.
 
     ``head_scores[s]`` is ``(..., len(subsets[s]) + 2)`` (blank, subset,
     dustbin); a ``generalist`` ``(..., V)`` counts as a head covering every
-    token. Returns ``(..., V)`` log-probs.
+    token; ``cover`` is :func:`cover_matrix` (a model keeps it as a buffer).
+    Returns ``(..., V)`` log-probs.
     """
-    cover = cover_matrix(subsets, vocab_size, blank_id, generalist is not None)
-    return average_rule(head_scores, subsets, cover, generalist)
-
-
-def average_rule(head_scores: Sequence[torch.Tensor], subsets: Sequence[Sequence[int]],
-                 cover: torch.Tensor, generalist: Optional[torch.Tensor]) -> torch.Tensor:
-    """:func:`combine_average` with a precomputed :func:`cover_matrix` (a model keeps it as a buffer)."""
     scores, _ = _strip_dustbins(head_scores, subsets, generalist)
     cover = cover.to(scores)
     counts = cover.sum(0)
     if bool((counts == 0).any()):
         raise ValueError(f"tokens {(counts == 0).nonzero().flatten().tolist()} are covered by no head")
     return torch.log_softmax(scores @ (cover / counts), dim=-1)
-
-
-def combine_hinton(
-    head_logprobs: Sequence[torch.Tensor],
-    subsets: Sequence[Sequence[int]],
-    vocab_size: int,
-    blank_id: int = 0,
-    generalist: Optional[torch.Tensor] = None,
-    steps: int = 30,
-    lr: float = 2.0,
-) -> torch.Tensor:
-    """Hinton's rule: ``argmin_q KL(p_g || q) + sum_s KL(p_s || q_s)`` by ``steps`` gradient steps on log q.
-
-    ``head_logprobs`` are normalised log-probs per head (blank, subset,
-    dustbin); ``generalist`` (optional) ``(..., V)`` log-probs. Returns
-    ``(..., V)`` log-probs. See :func:`hinton_gradient` for the step.
-    """
-    cover = cover_matrix(subsets, vocab_size, blank_id, generalist is not None)
-    return hinton_rule(head_logprobs, subsets, cover, uncovered_matrix(subsets, vocab_size, blank_id),
-                           generalist, steps, lr)
 
 
 def uncovered_matrix(subsets: Sequence[Sequence[int]], vocab_size: int, blank_id: int = 0) -> torch.Tensor:
@@ -385,7 +339,13 @@ def hinton_gradient(logq: torch.Tensor, covered_mass: torch.Tensor, dustbin: tor
 
 def hinton_rule(head_logprobs: Sequence[torch.Tensor], subsets: Sequence[Sequence[int]], cover: torch.Tensor,
                 uncovered: torch.Tensor, generalist: Optional[torch.Tensor], steps: int, lr: float) -> torch.Tensor:
-    """:func:`combine_hinton` with precomputed :func:`cover_matrix` and :func:`uncovered_matrix`."""
+    """Hinton's rule: ``argmin_q KL(p_g || q) + sum_s KL(p_s || q_s)`` by ``steps`` gradient steps on log q.
+
+    ``head_logprobs`` are normalised log-probs per head (blank, subset,
+    dustbin); ``generalist`` (optional) ``(..., V)`` log-probs; ``cover`` and
+    ``uncovered`` are :func:`cover_matrix` and :func:`uncovered_matrix`.
+    Returns ``(..., V)`` log-probs. See :func:`hinton_gradient` for the step.
+    """
     logp, dust_logp = _strip_dustbins(head_logprobs, subsets, generalist)
     cover, uncovered = cover.to(logp), uncovered.to(logp)
     covered_mass = logp.exp() @ cover

@@ -65,11 +65,10 @@ def list_models() -> list[str]:
 
 def model_class(name: str) -> type[AcousticModel]:
     """The class registered as ``name``: what a caller asks about a model kind (its inputs, objective)."""
-    _load_builtins()
-    cls = _REGISTRY.get(name)
-    if cls is None:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))}")
-    return cls
+    known = list_models()  # loads the built-in families first
+    if name not in known:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(known)}")
+    return _REGISTRY[name]
 
 
 def build_model(
