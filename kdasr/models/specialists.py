@@ -97,9 +97,9 @@ class SpecialistsModel(AcousticModel):
         self.hinton_lr = float(hinton_lr)
         self.head_sizes = [head_size(s) for s in subsets] + ([vocab_size] if generalist else [])
         if shared_trunk:
-            self.trunks = nn.ModuleList([build_trunk(trunk, num_features, sum(self.head_sizes), "specialists")])
+            self.trunks = nn.ModuleList([build_trunk(trunk, num_features, sum(self.head_sizes), self.name)])
         else:
-            self.trunks = nn.ModuleList(build_trunk(trunk, num_features, n, "specialists") for n in self.head_sizes)
+            self.trunks = nn.ModuleList(build_trunk(trunk, num_features, n, self.name) for n in self.head_sizes)
         self.has_generalist = bool(generalist)
         # Rebuilt from the options, so not part of the state dict.
         self.register_buffer("cover", cover_matrix(subsets, vocab_size, 0, self.has_generalist), persistent=False)
