@@ -14,6 +14,7 @@ import logging
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
+from lhotse import CutSet
 from lhotse.cut import Cut
 
 from kdasr.config import ConfigError
@@ -141,7 +142,7 @@ class KDTargets:
             self.strategy, self.combine, ", ".join(self.names), self.temperature, float(c["lambda"]),
         )
 
-    def training_cuts(self, cuts: Iterable[Cut]) -> Optional[Any]:
+    def training_cuts(self, cuts: Iterable[Cut]) -> Optional[CutSet]:
         """The cuts the student trains on when the combine mode changes them (multistream), else None."""
         return self.mode.training_cuts(cuts)
 
@@ -162,6 +163,8 @@ class KDTargets:
         sequences aligned (else each cut's first-teacher best path). Padded
         frames are all-zero rows, which every loss here masks out by length.
         """
+        if self.mode.needs_refs and ref_targets is None:
+            raise ValueError(f"kd.combine {self.combine} needs the batch's reference targets (ref_targets)")
         probs, self.last_teachers = self.mode.targets(label_batch(cuts, num_frames, ref_targets, device), step)
         return probs
 

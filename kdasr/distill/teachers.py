@@ -91,7 +91,6 @@ class LabelBatch:
     frames: list[int]
     #: the batch's token ids, or None per cut when the caller has none
     refs: list[Optional[Sequence[int]]]
-    has_refs: bool
     device: Optional[torch.device]
 
     @property
@@ -172,7 +171,7 @@ def label_batch(
     if len(nf) != len(cuts):
         raise ValueError(f"{len(nf)} frame counts for {len(cuts)} cuts")
     refs = list(ref_targets) if ref_targets is not None else [None] * len(cuts)
-    return LabelBatch(cuts, nf, refs, ref_targets is not None, torch.device(device) if device is not None else None)
+    return LabelBatch(cuts, nf, refs, torch.device(device) if device is not None else None)
 
 
 def check_temperature(wanted: Optional[float], have: float) -> None:
