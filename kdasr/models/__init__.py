@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from kdasr.models.common import AcousticModel, GlobalCMVN, make_pad_mask, output_lengths
+from kdasr.utils.registry import Registry
 
 __all__ = [
     "AcousticModel",
@@ -28,7 +29,7 @@ __all__ = [
     "register_model",
 ]
 
-_REGISTRY: dict[str, type[AcousticModel]] = {}
+_REGISTRY: Registry[type[AcousticModel]] = Registry("model", "model.name")
 # Modules whose import registers the built-in families.
 _BUILTIN_MODULES = (
     "kdasr.models.vgg", "kdasr.models.lstm", "kdasr.models.cnn", "kdasr.models.specialists", "kdasr.models.oracle",
@@ -40,14 +41,12 @@ M = TypeVar("M", bound=type)
 def register_model(name: str) -> Callable[[M], M]:
     """Class decorator: make an ``AcousticModel`` subclass buildable as ``model_cfg["name"] == name``."""
 
+    add = _REGISTRY.register(name)
+
     def deco(cls: M) -> M:
         if not (isinstance(cls, type) and issubclass(cls, AcousticModel)):
             raise TypeError(f"@register_model({name!r}) needs an AcousticModel subclass, got {cls!r}")
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"model name {name!r} is already registered by {_REGISTRY[name].__name__}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
+        return add(cls)
 
     return deco
 
@@ -60,15 +59,16 @@ def _load_builtins() -> None:
 def list_models() -> list[str]:
     """Names ``build_model`` accepts, sorted."""
     _load_builtins()
-    return sorted(_REGISTRY)
+    return sorted(_REGISTRY.names())
 
 
 def model_class(name: str) -> type[AcousticModel]:
-    """The class registered as ``name``: what a caller asks about a model kind (its inputs, objective)."""
-    known = list_models()  # loads the built-in families first
-    if name not in known:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(known)}")
-    return _REGISTRY[name]
+    """The class registered as ``name``: what a caller asks about a model kind (its inputs, objective).
+
+    An unknown name is a :class:`kdasr.config.ConfigError` (a ``ValueError``) naming the known ones.
+    """
+    _load_builtins()
+    return _REGISTRY.get(name)
 
 
 def build_model(
@@ -84,7 +84,7 @@ def build_model(
     """
     _load_builtins()
     if not isinstance(model_cfg, Mapping) or "name" not in model_cfg:
-        raise ValueError(f"model config needs a 'name' (one of {', '.join(sorted(_REGISTRY))}); got {model_cfg!r}")
+        raise ValueError(f"model config needs a 'name' (one of {', '.join(list_models())}); got {model_cfg!r}")
     options = dict(model_cfg)
     name = options.pop("name")
     cls = model_class(name)

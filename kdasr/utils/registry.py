@@ -45,7 +45,7 @@ class Registry(Generic[T]):
         if cls is None:
             close = difflib.get_close_matches(str(name), self._classes, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{self.key} must be one of {', '.join(self._classes)}, got {name!r}{hint}")
+            raise ConfigError(f"{self.key} must be one of {', '.join(sorted(self._classes))}, got {name!r}{hint}")
         return cls
 
     def __contains__(self, name: object) -> bool:
