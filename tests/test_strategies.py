@@ -108,20 +108,21 @@ def test_best_teacher_targets() -> None:
 
 def test_switch_round_robin_random_and_resume() -> None:
     rr = TeacherSwitcher(3, "round-robin")
-    assert [rr.next() for _ in range(7)] == [0, 1, 2, 0, 1, 2, 0]
+    assert [rr.choose(s) for s in range(7)] == [0, 1, 2, 0, 1, 2, 0]
     r1, r2 = TeacherSwitcher(3, "random", seed=5), TeacherSwitcher(3, "random", seed=5)
-    seq = [r1.next() for _ in range(40)]
-    assert seq == [r2.next() for _ in range(40)] and set(seq) == {0, 1, 2}
-    assert seq != [TeacherSwitcher(3, "random", seed=6).next() for _ in range(40)]
-    # resume: the state after 10 steps continues exactly like an uninterrupted run
+    seq = [r1.choose(s) for s in range(40)]
+    assert seq == [r2.choose(s) for s in range(40)] and set(seq) == {0, 1, 2}
+    assert seq != [TeacherSwitcher(3, "random", seed=6).choose(s) for s in range(40)]
+    assert [r1.choose(s) for s in range(39, -1, -1)] == seq[::-1]  # step-keyed: no hidden state
+    # resume: the counts after 10 steps continue like those of an uninterrupted run
     a = TeacherSwitcher(3, "random", seed=5)
-    for _ in range(10):
-        a.next()
+    for s in range(10):
+        a.note(a.choose(s))
     b = TeacherSwitcher(3, "random", seed=5)
     b.load_state_dict(a.state_dict())
-    assert [b.next() for _ in range(30)] == seq[10:]
+    for s in range(10, 40):
+        b.note(b.choose(s))
     assert b.counts == [seq.count(i) for i in range(3)]
-    assert all(a.choose(s) == seq[s] for s in range(40))  # step-keyed: no hidden state
     with pytest.raises(ValueError, match="seed"):
         TeacherSwitcher(3, "random", seed=9).load_state_dict(a.state_dict())
 

@@ -55,9 +55,9 @@ class TeacherSwitcher:
     :meth:`choose` is a pure function of (mode, seed, step): round-robin is
     ``step % n``; random draws from a generator seeded by ``(seed, step)``.
     Resuming therefore needs no RNG state, and skipping or replaying batches
-    cannot shift the schedule. :meth:`next` is the same with an internal
-    step counter, for callers that do not count steps; the counter and the
-    per-teacher counts are what :meth:`state_dict` saves.
+    cannot shift the schedule. :meth:`note` counts the choices per teacher
+    (for the statistics), which is what :meth:`state_dict` saves besides the
+    schedule it checks on resume.
     """
 
     def __init__(self, num_teachers: int, mode: str = "round-robin", seed: int = 0) -> None:
@@ -68,17 +68,10 @@ class TeacherSwitcher:
         self.num_teachers = num_teachers
         self.mode = mode
         self.seed = int(seed)
-        self.step = 0
         self.counts = [0] * num_teachers
 
     def choose(self, step: int) -> int:
         return SWITCH_SCHEDULES[self.mode](self.num_teachers, self.seed, int(step))
-
-    def next(self) -> int:
-        t = self.choose(self.step)
-        self.step += 1
-        self.counts[t] += 1
-        return t
 
     def note(self, teacher: int) -> None:
         """Count a choice made through :meth:`choose` (for the statistics only)."""
@@ -86,7 +79,7 @@ class TeacherSwitcher:
 
     def state_dict(self) -> dict:
         return {"num_teachers": self.num_teachers, "mode": self.mode, "seed": self.seed,
-                "step": self.step, "counts": list(self.counts)}
+                "counts": list(self.counts)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore; refuses a state saved with another schedule (the resumed run would silently differ)."""
@@ -96,7 +89,6 @@ class TeacherSwitcher:
                     f"teacher switcher was saved with {key}={state[key]!r} but is configured with "
                     f"{getattr(self, key)!r}: resuming would change which teacher labels which batch"
                 )
-        self.step = int(state["step"])
         self.counts = [int(c) for c in state["counts"]]
 
 
