@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kdasr.models.common import make_pad_mask
+from kdasr.models.common import make_pad_mask, model_inputs
 
 REDUCTIONS = ("utterance", "frame", "sum")
 
@@ -107,14 +107,16 @@ class Objective(Protocol):
 
 
 class CtcObjective:
-    """Plain CTC on the transcripts (the hard-label baseline and every teacher)."""
+    """Plain CTC on the transcripts (the hard-label baseline and every teacher).
 
-    def model_inputs(self, batch: dict) -> dict:
-        """Keyword inputs the model reads besides the features (none; the Oracle Teacher's transcript)."""
-        return {}
+    A model that declares the transcript as an input (the Oracle Teacher,
+    ``inputs = ("features", "targets")``) also reads it; it corrupts its copy
+    itself in train mode. Untranscribed cuts get an empty input and no CTC term.
+    """
 
     def __call__(self, model: torch.nn.Module, batch: dict, step: int) -> tuple[torch.Tensor, dict]:
-        logits, out_lens = model(batch["features"], batch["feature_lens"], **self.model_inputs(batch))
+        extra = model_inputs(model, batch["targets"], batch["features"].device)
+        logits, out_lens = model(batch["features"], batch["feature_lens"], **extra)
         loss = ctc_loss_hard(logits, out_lens, batch["targets"])
         return loss, {"ctc": loss.detach()}
 

@@ -205,7 +205,7 @@ def test_specaugment_time_warp_keeps_shape_and_is_declared(cuts):
     seed_everything(0)
     y, _ = Augmenter(cfg, SR)(cuts)
     assert torch.equal(x, y) and x.shape[1] == max(c.num_frames for c in cuts)
-    assert frame_moving(cfg) == ["data.augment.specaugment"]
+    assert frame_moving(cfg) == ["data.augment.specaugment.time_warp_factor = 20"]
     assert frame_moving({"volume": {"enabled": True}, "specaugment": {"time_warp_factor": 0}}) == []
     assert frame_moving({"specaugment": {"enabled": False, "time_warp_factor": 80}}) == []
 
@@ -272,7 +272,7 @@ def _synth_cfg(root: Path) -> dict:
 
 
 def test_trainer_augments_and_logs_progress(tmp_path):
-    from kdasr.train.checkpoint import load_model
+    from kdasr.models.checkpoint import load_model
     from kdasr.train.trainer import Trainer
 
     cfg = _synth_cfg(tmp_path)

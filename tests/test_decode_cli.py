@@ -14,8 +14,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 from lhotse import CutSet, MonoCut, SupervisionSegment
-from synth import make_feature_cuts
-from test_graph import LM_TEXTS, frames_for, make_char_lang, posteriors, random_peaky
+from synth import GRAPH_WORDS, LM_TEXTS, ambiguous, make_char_lang, make_feature_cuts, random_peaky
 
 import kdasr.decode.run as run_module
 from kdasr.cli.main import cli
@@ -26,7 +25,7 @@ from kdasr.models.inference import ModelOutputs
 from kdasr.train.checkpoint import save_checkpoint
 from kdasr.utils.io import save_manifest
 
-WORDS = ["ONE", "TWO", "THREE", "ON", "THE"]
+WORDS = GRAPH_WORDS
 
 
 def write_checkpoint(path: Path, tok: Tokenizer, num_features: int = 20) -> Path:
@@ -72,13 +71,6 @@ def network_output(monkeypatch) -> dict[str, torch.Tensor]:
 
     monkeypatch.setattr(run_module, "iter_model_outputs", fake)
     return table
-
-
-def ambiguous(tok: Tokenizer, p_e: float, second: str) -> torch.Tensor:
-    """'ON' or 'ONE' (the E frame has probability ``p_e``), then ``second``: the LM decides."""
-    t = tok.token_to_id
-    frames = [0, t["O"], 0, t["N"], {t["E"]: p_e, 0: 1.0 - p_e}, 0, t["▁"]] + frames_for(tok, second)
-    return posteriors(frames, tok.vocab_size)
 
 
 def decode(setup: dict, out: Path, cuts: Path, *args: str) -> dict:

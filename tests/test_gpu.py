@@ -7,12 +7,12 @@ import pytest
 import torch
 from lhotse import CutSet
 
-from kdasr.data.tokenizer import Tokenizer, build_char_lang, texts_from_cuts
+from kdasr.data.tokenizer import Tokenizer
 from kdasr.decode import make_decoder
 from kdasr.decode.run import decode_cuts
 from kdasr.train.build import train_from_config
 from kdasr.models.checkpoint import load_model
-from synth import make_feature_cuts
+from synth import synth_corpus
 
 pytestmark = [
     pytest.mark.gpu,
@@ -22,18 +22,10 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("gpu")
-    train = make_feature_cuts(root / "feats", num_cuts=32, seed=0, prefix="tr")
-    dev = make_feature_cuts(root / "feats", num_cuts=8, seed=1, prefix="dv")
-    train.to_file(root / "train.jsonl.gz")
-    dev.to_file(root / "dev.jsonl.gz")
-    build_char_lang(texts_from_cuts(train), root / "lang")
-    cfg = {
-        "data": {"train_cuts": str(root / "train.jsonl.gz"), "dev_cuts": str(root / "dev.jsonl.gz"),
-                 "lang_dir": str(root / "lang"), "max_duration": 3.0, "num_buckets": 2},
-        "model": {"name": "vgg", "channels": [8, 16], "hidden": 64, "num_layers": 1},
-        "train": {"epochs": 3, "lr": 3e-3, "warmup_steps": 5, "save_every_n": 0, "device": "cuda", "amp": True},
-    }
+    corpus = synth_corpus(tmp_path_factory.mktemp("gpu"), num_train=32, num_dev=8)
+    root, cfg, dev = corpus["root"], corpus["cfg"], corpus["dev"]
+    cfg["model"] = {"name": "vgg", "channels": [8, 16], "hidden": 64, "num_layers": 1}
+    cfg["train"] = {"epochs": 3, "lr": 3e-3, "warmup_steps": 5, "save_every_n": 0, "device": "cuda", "amp": True}
     state = train_from_config(copy.deepcopy(cfg), root / "exp")
     return {"root": root, "state": state, "dev": dev}
 

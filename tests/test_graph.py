@@ -1,19 +1,15 @@
-"""TLG construction: topology, lexicon, LM, OOV handling, caching, CLI.
-
-The helpers at the top are shared with test_wfst_decode.py and
-test_beam_decode.py (imported as ``from test_graph import ...``).
-"""
+"""TLG construction: topology, lexicon, LM, OOV handling, caching, CLI."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import kaldifst
 import pytest
-import torch
+from synth import GRAPH_WORDS, LM_TEXTS, frames_for, make_char_lang
 
-from kdasr.data.tokenizer import Tokenizer, build_bpe_lang, build_char_lang, build_phone_lang
+from kdasr.data.tokenizer import build_bpe_lang, build_phone_lang
 from kdasr.decode.graph import (
     GraphError,
     add_disambig,
@@ -25,71 +21,6 @@ from kdasr.decode.graph import (
     train_arpa,
 )
 
-# The char token set is built from these (letters E H N O R T W); FOUR and ZEBRA
-# in the LM text below use letters outside it.
-TOKEN_TEXTS = ["ONE TWO THREE", "ON THE"]
-LM_TEXTS = [
-    "ONE TWO THREE", "ONE TWO", "ONE TWO", "ONE TWO THREE", "ON THE TWO", "ON THE", "ON THE",
-    "THE ONE", "TWO ONE", "THREE TWO ONE", "ZEBRA ONE TWO", "ONE FOUR",
-]
-LEXICON_WORDS = {"ONE", "TWO", "THREE", "ON", "THE"}
-
-Frame = Union[int, dict[int, float]]  # a token id (probability ~1) or {token id: probability}
-
-
-def make_char_lang(lang_dir: Path) -> Tokenizer:
-    return build_char_lang(TOKEN_TEXTS, lang_dir)
-
-
-def frames_for(tok: Tokenizer, text: str, hold: int = 2) -> list[int]:
-    """A CTC frame path for ``text``: each token held ``hold`` frames, blanks around it."""
-    frames = [0]
-    for i in tok.encode(text):
-        frames += [i] * hold + [0]
-    return frames
-
-
-def posteriors(frames: Sequence[Frame], vocab_size: int, floor: float = 1e-4) -> torch.Tensor:
-    """Log-probs ``(T, V)``: the given token (or distribution) per frame, ``floor`` elsewhere."""
-    probs = torch.full((len(frames), vocab_size), floor)
-    for t, f in enumerate(frames):
-        for i, p in ({f: 1.0} if isinstance(f, int) else f).items():
-            probs[t, i] = p
-    return (probs / probs.sum(-1, keepdim=True)).log()
-
-
-def batch(items: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad ``(T_i, V)`` log-probs into ``(B, T, V)`` (padding frames are garbage on purpose)."""
-    lens = torch.tensor([x.shape[0] for x in items])
-    out = torch.randn(len(items), max(int(lens.max()), 1), items[0].shape[1]).log_softmax(-1)
-    for b, x in enumerate(items):
-        out[b, : x.shape[0]] = x
-    return out, lens
-
-
-def random_peaky(tok: Tokenizer, words: Sequence[str], n_words: int, gen: torch.Generator,
-                 margin: float = 4.0) -> torch.Tensor:
-    """Random logits whose greedy path spells ``n_words`` random ``words``.
-
-    Each token lasts 1-3 frames with 0-2 blanks between, so repeats and
-    word-final repeats both occur; the path token gets ``margin`` above the
-    best other logit, so greedy search recovers exactly that text.
-    """
-    idx = torch.randint(len(words), (n_words,), generator=gen).tolist()
-    text = " ".join(words[i] for i in idx)
-    frames: list[int] = []
-    prev = None
-    for t in tok.encode(text):
-        if t == prev or torch.rand(1, generator=gen).item() < 0.5:
-            frames += [0] * (1 + int(torch.randint(2, (1,), generator=gen)))
-        frames += [t] * (1 + int(torch.randint(3, (1,), generator=gen)))
-        prev = t
-    logits = torch.randn(len(frames), tok.vocab_size, generator=gen)
-    for i, f in enumerate(frames):
-        logits[i, f] = logits[i].max() + margin
-    return logits.log_softmax(-1)
-
-
 def words_of_token_path(tlg: kaldifst.StdVectorFst, ids: Sequence[int], words: dict[int, str]) -> Optional[list[str]]:
     """Words TLG assigns to a frame-level token path (None if TLG rejects it)."""
     acceptor = kaldifst.make_linear_acceptor([i + 1 for i in ids])  # TLG input = token id + 1
@@ -99,13 +30,6 @@ def words_of_token_path(tlg: kaldifst.StdVectorFst, ids: Sequence[int], words: d
     ok, _, out, _ = kaldifst.get_linear_symbol_sequence(kaldifst.shortest_path(composed))
     assert ok
     return [words[o] for o in out]
-
-
-@pytest.fixture(scope="module")
-def char_graph(tmp_path_factory) -> tuple[Tokenizer, Path]:
-    lang = tmp_path_factory.mktemp("lang_char")
-    tok = make_char_lang(lang)
-    return tok, build_graph(lang, LM_TEXTS, order=3)
 
 
 def _load(graph_dir: Path) -> tuple[kaldifst.StdVectorFst, dict[int, str]]:
@@ -156,11 +80,11 @@ def test_oov_words_are_dropped_and_become_unk_in_the_lm(tmp_path, caplog) -> Non
     info = load_graph_info(graph_dir)
     assert info["dropped_words"] == 2 and sorted(info["dropped_examples"]) == ["FOUR", "ZEBRA"]
     table = read_symbols(graph_dir / "words.txt")
-    assert LEXICON_WORDS <= set(table) and not {"FOUR", "ZEBRA"} & set(table)
+    assert set(GRAPH_WORDS) <= set(table) and not {"FOUR", "ZEBRA"} & set(table)
     assert table["<eps>"] == 0 and {"#0", "<s>", "</s>", "<unk>"} <= set(table)
     assert "<unk>" in arpa_words(graph_dir / "G.arpa")
     lexicon = (graph_dir / "lexicon.txt").read_text().splitlines()
-    assert "ONE O N E" in lexicon and len(lexicon) == len(LEXICON_WORDS)
+    assert "ONE O N E" in lexicon and len(lexicon) == len(GRAPH_WORDS)
     assert (graph_dir / "tokens.txt").read_text() == (tmp_path / "lang" / "tokens.txt").read_text()
     assert tok.hash == info["lang_hash"]
 

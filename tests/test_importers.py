@@ -3,29 +3,17 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import Optional
 
-import numpy as np
 import pytest
-import soundfile as sf
 from click.testing import CliRunner
 from lhotse import load_manifest
+from synth import AURORA_TEST, AURORA_TRAIN, write_audio
 
 from kdasr.cli.main import cli
 from kdasr.data.errors import DataError
 from kdasr.data.importers import import_aurora4, import_kaldi_dir, import_lhotse_recipe, import_tsv
 
 KINDS = ("recordings", "supervisions", "cuts")
-
-
-def write_audio(path: Path, seconds: float = 0.3, sr: int = 16000, fmt: Optional[str] = None, seed: int = 0) -> Path:
-    """A short sine-plus-noise file; ``fmt='NIST'`` writes a SPHERE file (Aurora-4 .wv1/.wv2)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    t = np.arange(int(seconds * sr)) / sr
-    rng = np.random.default_rng(seed)
-    x = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.01 * rng.standard_normal(t.size)
-    sf.write(path, x.astype(np.float32), sr, format=fmt, subtype="PCM_16")
-    return path
 
 
 def assert_no_temp_files(d: Path) -> None:
@@ -282,43 +270,7 @@ def test_lhotse_recipe_parts_filter_and_errors(fake_librispeech: Path, tmp_path:
     assert_no_manifests(tmp_path / "o2")
 
 
-# ------------------------------------------------------------------ Aurora-4
-
-AURORA_TRAIN = {"011": ["011c0201", "011c0202"], "012": ["012c0201"], "013": ["013c0201"]}
-AURORA_TEST = ["440c0201", "441c0201"]
-
-
-@pytest.fixture
-def aurora4_tree(tmp_path: Path) -> Path:
-    """A mock Aurora-4: 16/8 kHz copies, SPHERE .wv1/.wv2, WSJ .dot and .lsn transcripts.
-
-    root/aurora4/train_si84_clean/wav16k/011/011c0201.wv1
-    root/aurora4/train_si84_multi/wav8k/012/012c0201.wv2
-    root/aurora4/test_eval92/wav16k/05/440c0201.wv1
-    root/aurora4/transcripts/si_tr_s.dot, test_eval92.lsn
-    """
-    base = tmp_path / "corpus" / "aurora4"
-    seed = 0
-    for rate_dir, sr in (("wav16k", 16000), ("wav8k", 8000)):
-        for set_name, ext in (("train_si84_clean", ".wv1"), ("train_si84_multi", ".wv2")):
-            for spk, utts in AURORA_TRAIN.items():
-                for utt in utts:
-                    seed += 1
-                    write_audio(base / set_name / rate_dir / spk / f"{utt}{ext}", 0.2, sr, fmt="NIST", seed=seed)
-        for cond in range(1, 15):
-            for utt in AURORA_TEST:
-                ext = ".wv1" if cond <= 7 else ".wv2"
-                seed += 1
-                path = base / "test_eval92" / rate_dir / f"{cond:02d}" / f"{utt}{ext}"
-                write_audio(path, 0.2, sr, fmt="NIST", seed=seed)
-    tr = base / "transcripts"
-    tr.mkdir()
-    (tr / "si_tr_s.dot").write_text(
-        "".join(f"THE {u.upper()} SENTENCE  \\COMMA HERE ({u})\n" for us in AURORA_TRAIN.values() for u in us)
-    )
-    (tr / "test_eval92.lsn").write_text("".join(f"TEST {u.upper()} SENTENCE ({u.upper()})\n" for u in AURORA_TEST))
-    return tmp_path / "corpus"
-
+# ------------------------------------------------------------------ Aurora-4 (mock tree: conftest.aurora4_tree)
 
 def test_aurora4_import(aurora4_tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "manifests"

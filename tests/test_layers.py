@@ -20,11 +20,12 @@ ROOT = Path(__file__).resolve().parent.parent / "kdasr"
 LAYERS: list[set[str]] = [
     {"kdasr", "kdasr.utils"},
     {"kdasr.config"},
+    {"kdasr.registry"},
     {"kdasr.data", "kdasr.score"},
     {"kdasr.models"},
     {"kdasr.ctc"},
     {"kdasr.distill"},
-    {"kdasr.train", "kdasr.decode", "kdasr.export"},
+    {"kdasr.train", "kdasr.decode", "kdasr.export", "kdasr.plan"},
     {"kdasr.cli"},
     {"kdasr.__main__"},
 ]

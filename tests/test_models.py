@@ -35,12 +35,7 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny(key: str, cmvn: dict | None = None) -> AcousticModel:
@@ -60,8 +55,10 @@ def test_output_lengths_and_pad_mask():
 
 def test_registry_lists_and_rejects():
     assert list_models() == ["cnn", "lstm", "oracle", "specialists", "vgg"]
-    with pytest.raises(ValueError, match="known models: cnn, lstm, oracle, specialists, vgg"):
+    with pytest.raises(ValueError, match="model.name must be one of cnn, lstm, oracle, specialists, vgg"):
         build_model({"name": "transformer"}, F, V)
+    with pytest.raises(ValueError, match=r"got 'lstmm' \(did you mean 'lstm'\?\)"):
+        build_model({"name": "lstmm"}, F, V)
     with pytest.raises(ValueError, match="needs a 'name'"):
         build_model({"hidden": 3}, F, V)
     with pytest.raises(ValueError, match="no option.*widht.*accepts: channels"):
@@ -217,7 +214,7 @@ def test_model_info_cli(tmp_path):
     assert "name: cnn" in res.output and f"parameters: {n:,}" in res.output
     assert "output frame rate: 25 Hz (40 ms)" in res.output and "MACs per second of audio:" in res.output
     bad = CliRunner().invoke(cli, ["model-info", str(cfg), "--set", "model.name=rnn"])
-    assert bad.exit_code != 0 and "known models: cnn, lstm, oracle, specialists, vgg" in bad.output
+    assert bad.exit_code != 0 and "model.name must be one of cnn, lstm, oracle, specialists, vgg, got 'rnn'" in bad.output
 
 
 def test_model_info_subprocess():

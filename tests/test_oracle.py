@@ -20,8 +20,9 @@ from kdasr.ctc import CtcObjective, ctc_loss_hard, greedy_search
 from kdasr.data.tokenizer import Tokenizer, build_char_lang, texts_from_cuts
 from kdasr.distill.archive import ArchiveMeta, dump_soft_labels, load_archive, load_probs
 from kdasr.distill.losses import spike_agreement
-from kdasr.distill.oracle import OracleObjective, pad_transcripts, transcript_inputs
+from kdasr.distill.oracle import dump_inputs, transcript_inputs
 from kdasr.models import build_model, output_lengths
+from kdasr.models.common import model_inputs, pad_targets
 from synth import make_feature_cuts
 
 V, F, NOISE = 11, 16, 1.5
@@ -60,7 +61,7 @@ def _batch(feats: list[torch.Tensor], targets: list[list[int]], idx) -> dict:
 @torch.no_grad()
 def _run(model: torch.nn.Module, batch: dict, transcripts=None) -> tuple[torch.Tensor, torch.Tensor]:
     model.eval()
-    kw = pad_transcripts(transcripts) if transcripts is not None else {}
+    kw = pad_targets(transcripts) if transcripts is not None else {}
     return model(batch["features"], batch["feature_lens"], **kw)
 
 
@@ -70,7 +71,7 @@ def _train(cfg: dict, objective, train: tuple, dev: dict) -> dict:
     model = build_model(cfg, F, V)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     rng = np.random.default_rng(0)
-    oracle = isinstance(objective, OracleObjective)
+    oracle = "targets" in model.inputs
     reached, elapsed = None, 0.0
     for step in range(1, STEPS + 1):
         t0 = time.perf_counter()
@@ -94,8 +95,8 @@ def trained() -> dict:
     try:
         train, dev = _utterances(512, 0), _batch(*_utterances(48, 1), range(48))
         out = {"dev": dev}
-        for name, cfg, objective in (("acoustic", ACOUSTIC, CtcObjective()), ("oracle", ORACLE, OracleObjective()),
-                                     ("naive", NAIVE, OracleObjective())):
+        for name, cfg, objective in (("acoustic", ACOUSTIC, CtcObjective()), ("oracle", ORACLE, CtcObjective()),
+                                     ("naive", NAIVE, CtcObjective())):
             out[name] = _train(cfg, objective, train, dev)
         return out
     finally:
@@ -162,7 +163,7 @@ def test_forward_contract_and_dump_with_transcripts(tmp_path):
     model = build_model(dict(ORACLE, encoder={"name": "vgg", "channels": [4, 8], "hidden": 32, "num_layers": 1}),
                         20, tok.vocab_size).eval()
     feats, lens = torch.randn(2, 23, 20), torch.tensor([23, 9])
-    tokens = pad_transcripts([[1, 2, 3], []])
+    tokens = pad_targets([[1, 2, 3], []])
     logits, out_lens = model(feats, lens, **tokens)
     assert logits.shape == (2, output_lengths(23), tok.vocab_size)
     assert out_lens.tolist() == [output_lengths(23), output_lengths(9)]
@@ -179,6 +180,32 @@ def test_forward_contract_and_dump_with_transcripts(tmp_path):
     for c in archived:
         orig = cuts[c.id]
         x = torch.from_numpy(orig.load_features()).unsqueeze(0)
-        expect, _ = model(x, torch.tensor([x.shape[1]]), **pad_transcripts([tok.encode(orig.supervisions[0].text)]))
+        expect, _ = model(x, torch.tensor([x.shape[1]]), **pad_targets([tok.encode(orig.supervisions[0].text)]))
         got = torch.from_numpy(load_probs(c, tok.vocab_size))
         assert torch.allclose(got, torch.softmax(expect[0], -1), atol=2e-3)
+
+
+def test_objectives_and_dump_ask_the_model_what_it_reads(tmp_path) -> None:
+    """The transcript goes to a model that declares it as an input, whatever its name, and to no other."""
+
+    class Reads(torch.nn.Module):
+        inputs = ("features", "targets")
+
+    class Wrapped(torch.nn.Module):  # as DistributedDataParallel wraps a model
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = Reads()
+
+    targets = [[3, 1], [2]]
+    got = model_inputs(Reads(), targets)
+    assert got["tokens"].tolist() == [[3, 1], [2, 0]] and got["token_lens"].tolist() == [2, 1]
+    assert model_inputs(Wrapped(), targets)["token_lens"].tolist() == [2, 1]
+    assert model_inputs(build_model(ACOUSTIC, F, V), targets) == {}
+    assert dump_inputs({"model_cfg": ACOUSTIC}) is None
+    cuts = make_feature_cuts(tmp_path / "feats", num_cuts=2)
+    tok = build_char_lang(texts_from_cuts(cuts), tmp_path / "lang")
+    ckpt = {"model_cfg": ORACLE, "config": {"data": {"lang_dir": str(tmp_path / "lang")}}, "lang_hash": tok.hash}
+    inputs = dump_inputs(ckpt)(list(cuts))
+    assert inputs["token_lens"].tolist() == [len(tok.encode(c.supervisions[0].text)) for c in cuts]
+    with pytest.raises(ValueError, match="another token set"):
+        dump_inputs(dict(ckpt, lang_hash="0" * 64))

@@ -19,7 +19,7 @@ from lhotse import load_manifest
 
 from kdasr.data.importers import normalize_wsj_transcript
 from kdasr.score.report import collect, markdown_table
-from test_importers import AURORA_TEST, AURORA_TRAIN, aurora4_tree  # noqa: F401  (aurora4_tree: fixture)
+from synth import AURORA_TEST, AURORA_TRAIN
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar".split()

@@ -6,10 +6,21 @@ import math
 import numpy as np
 import pytest
 import torch
+from synth import synth_corpus
 
+import kdasr.train.build as build
+from kdasr.data.tokenizer import Tokenizer
 from kdasr.distill.specialists import SpecialistObjective, cluster_tokens, load_subsets, map_targets, save_subsets
-from kdasr.models.heads import combine_average, combine_hinton, hinton_gradient, uncovered_matrix, validate_subsets
+from kdasr.models.heads import (
+    average_rule,
+    cover_matrix,
+    hinton_gradient,
+    hinton_rule,
+    uncovered_matrix,
+    validate_subsets,
+)
 from kdasr.models import build_model, output_lengths
+from kdasr.ctc import CtcObjective
 
 
 def _log(x: list[float]) -> torch.Tensor:
@@ -55,6 +66,15 @@ def test_subsets_validation_targets_and_yaml(tmp_path):
     save_subsets([[1, 2], [2, 3]], tmp_path / "s.yaml", Tok.tokens)
     assert "- a" in (tmp_path / "s.yaml").read_text()
     assert load_subsets(tmp_path / "s.yaml", Tok()) == [[1, 2], [2, 3]]
+
+
+def combine_average(heads, subsets, vocab_size, generalist=None):
+    return average_rule(heads, subsets, cover_matrix(subsets, vocab_size, 0, generalist is not None), generalist)
+
+
+def combine_hinton(heads, subsets, vocab_size, generalist=None, steps=30):
+    cover = cover_matrix(subsets, vocab_size, 0, generalist is not None)
+    return hinton_rule(heads, subsets, cover, uncovered_matrix(subsets, vocab_size), generalist, steps, 2.0)
 
 
 def test_average_rule_by_hand():
@@ -135,3 +155,29 @@ def test_model_rejects_bad_subsets():
         build_model({"name": "specialists", "subsets": [[1, 2]]}, 10, 7)
     with pytest.raises(ValueError, match="encoder family"):
         build_model({"name": "specialists", "subsets": [[1, 2]], "trunk": {"name": "oracle"}}, 10, 3)
+
+
+def test_training_asks_the_model_for_its_config_and_objective(tmp_path, monkeypatch):
+    """train_from_config: the specialists model resolves its subsets file to ids and brings per-head CTC;
+    a plain model keeps its section and trains with CTC (no name is compared)."""
+    corpus = synth_corpus(tmp_path, num_train=4, num_dev=2)
+    tok = Tokenizer.from_dir(corpus["cfg"]["data"]["lang_dir"])
+    letters = [t for t in tok.tokens if t not in ("<blk>",)]
+    save_subsets([[tok.token_to_id[t] for t in letters[:4]], [tok.token_to_id[t] for t in letters[3:]]],
+                 tmp_path / "subsets.yaml", tok.tokens)
+    seen = {}
+
+    class Recorder:
+        def __init__(self, cfg, exp_dir, objective):
+            seen.update(cfg=cfg, objective=objective)
+
+        def fit(self, resume):
+            return None
+
+    monkeypatch.setattr(build, "Trainer", Recorder)
+    cfg = dict(corpus["cfg"], model={"name": "specialists", "subsets": str(tmp_path / "subsets.yaml")})
+    build.train_from_config(cfg, tmp_path / "exp")
+    assert seen["cfg"]["model"]["subsets"] == load_subsets(tmp_path / "subsets.yaml", tok)
+    assert isinstance(seen["objective"], SpecialistObjective)
+    build.train_from_config(corpus["cfg"], tmp_path / "exp2")
+    assert seen["cfg"]["model"] == corpus["cfg"]["model"] and isinstance(seen["objective"], CtcObjective)

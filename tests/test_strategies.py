@@ -13,15 +13,16 @@ from lhotse.utils import compute_num_frames
 from kdasr.config import ConfigError
 from kdasr.distill.align import align_to_anchor
 from kdasr.distill.archive import ArchiveMeta, ArchiveMismatchError, SoftLabelWriter
-from kdasr.distill.strategies import (
-    KDObjective,
-    KDTargets,
+from kdasr.distill.combine import (
+    COMBINE_MODES,
     TeacherSwitcher,
     best_teacher_targets,
-    check_augmentation_compatible,
     combine_targets,
     multistream_cuts,
 )
+from kdasr.distill.objectives import KD_LOSSES
+from kdasr.distill.strategies import KDObjective, KDTargets, resolve_kd_config
+from kdasr.distill.teachers import check_augmentation_compatible
 
 LANG = "c" * 64
 V = 4
@@ -107,20 +108,21 @@ def test_best_teacher_targets() -> None:
 
 def test_switch_round_robin_random_and_resume() -> None:
     rr = TeacherSwitcher(3, "round-robin")
-    assert [rr.next() for _ in range(7)] == [0, 1, 2, 0, 1, 2, 0]
+    assert [rr.choose(s) for s in range(7)] == [0, 1, 2, 0, 1, 2, 0]
     r1, r2 = TeacherSwitcher(3, "random", seed=5), TeacherSwitcher(3, "random", seed=5)
-    seq = [r1.next() for _ in range(40)]
-    assert seq == [r2.next() for _ in range(40)] and set(seq) == {0, 1, 2}
-    assert seq != [TeacherSwitcher(3, "random", seed=6).next() for _ in range(40)]
-    # resume: the state after 10 steps continues exactly like an uninterrupted run
+    seq = [r1.choose(s) for s in range(40)]
+    assert seq == [r2.choose(s) for s in range(40)] and set(seq) == {0, 1, 2}
+    assert seq != [TeacherSwitcher(3, "random", seed=6).choose(s) for s in range(40)]
+    assert [r1.choose(s) for s in range(39, -1, -1)] == seq[::-1]  # step-keyed: no hidden state
+    # resume: the counts after 10 steps continue like those of an uninterrupted run
     a = TeacherSwitcher(3, "random", seed=5)
-    for _ in range(10):
-        a.next()
+    for s in range(10):
+        a.note(a.choose(s))
     b = TeacherSwitcher(3, "random", seed=5)
     b.load_state_dict(a.state_dict())
-    assert [b.next() for _ in range(30)] == seq[10:]
+    for s in range(10, 40):
+        b.note(b.choose(s))
     assert b.counts == [seq.count(i) for i in range(3)]
-    assert all(a.choose(s) == seq[s] for s in range(40))  # step-keyed: no hidden state
     with pytest.raises(ValueError, match="seed"):
         TeacherSwitcher(3, "random", seed=9).load_state_dict(a.state_dict())
 
@@ -268,7 +270,7 @@ def test_kd_loss_and_objective(setup, strategy: str) -> None:
     state = obj.state_dict()
     fresh = KDObjective(KDTargets(kd_cfg(teachers, combine="switch", strategy=strategy, nbest=2), cuts, LANG))
     fresh.load_state_dict(state)
-    assert fresh.kd.switcher.counts == kd.switcher.counts == [0, 1]
+    assert fresh.kd.mode.switcher.counts == kd.mode.switcher.counts == [0, 1]
 
 
 def test_kd_targets_construction_checks(setup, tmp_path: Path) -> None:
@@ -296,13 +298,47 @@ def test_kd_targets_construction_checks(setup, tmp_path: Path) -> None:
 
 def test_augmentation_check() -> None:
     teachers = [{"name": "A", "archive": "x"}]
-    ok = {"kd": {"teachers": teachers}, "train": {"spec_augment": {"enabled": True, "time_warp_factor": 0}},
-          "data": {"speed_perturb": False}}
-    check_augmentation_compatible(ok)
-    check_augmentation_compatible({"train": {"spec_augment": {"time_warp_factor": 80}}})  # no KD: anything goes
-    check_augmentation_compatible({"kd": {"teachers": teachers}, "train": {"spec_augment": {"enabled": False}}})
-    with pytest.raises(ConfigError, match=r"train.spec_augment.time_warp_factor = 80"):
-        check_augmentation_compatible({"kd": {"teachers": teachers}, "train": {"spec_augment": {"p": 0.9}}})
-    with pytest.raises(ConfigError, match=r"data.speed_perturb"):
-        check_augmentation_compatible({"kd": {"teachers": teachers}, "data": {"speed_perturb": [0.9, 1.0, 1.1]}})
-    check_augmentation_compatible({"kd": {"teachers": teachers}, "data": {"speed_perturb": [1.0]}})
+    masks_only = {"specaugment": {"enabled": True, "time_warp_factor": 0}}
+    level_and_noise = {"volume": {"enabled": True}, "noise": {"enabled": True, "dir": "demo"}}
+    check_augmentation_compatible({"kd": {"teachers": teachers}, "data": {"augment": masks_only}})
+    check_augmentation_compatible({"kd": {"teachers": teachers}, "data": {"augment": level_and_noise}})
+    warp = {"specaugment": {"time_warp_factor": 80}}
+    check_augmentation_compatible({"data": {"augment": warp}})  # no KD: anything goes
+    check_augmentation_compatible({"kd": {"teachers": teachers},
+                                   "data": {"augment": {"specaugment": {"enabled": False, "time_warp_factor": 80}}}})
+    with pytest.raises(ConfigError, match=r"but data.augment.specaugment.time_warp_factor = 80 moves them") as e:
+        check_augmentation_compatible({"kd": {"teachers": teachers}, "data": {"augment": warp}})
+    assert "online teacher (kd.teachers[].checkpoint)" in str(e.value)
+
+
+def test_registries_dispatch_and_refuse_by_name(setup) -> None:
+    """Every documented kind is registered; a typo names the key and the closest kind, before any archive opens."""
+    assert COMBINE_MODES.names() == ("single", "switch", "multistream", "average", "weighted", "best")
+    assert KD_LOSSES.names() == ("frame-kl", "seq", "guided")
+    missing = [{"name": "A", "archive": "does/not/exist"}, {"name": "B", "archive": "nor/this"}]
+    with pytest.raises(ConfigError, match=r"kd.combine must be one of .*got 'averge' \(did you mean 'average'\?\)"):
+        resolve_kd_config(kd_cfg(missing, combine="averge"))
+    with pytest.raises(ConfigError, match=r"kd.strategy .*'frame_kl' \(did you mean 'frame-kl'\?\)"):
+        resolve_kd_config(kd_cfg(missing, combine="average", strategy="frame_kl"))
+    with pytest.raises(ConfigError, match="kd.switch_mode"):
+        resolve_kd_config(kd_cfg(missing, combine="switch", switch_mode="shuffle"))
+    with pytest.raises(ConfigError, match="kd.combine single needs exactly 1 teacher"):
+        resolve_kd_config(kd_cfg(missing, combine="single"))
+    with pytest.raises(ConfigError, match="kd.nbest must be >= 1"):
+        resolve_kd_config(kd_cfg(missing, combine="average", strategy="seq", nbest=0))
+    assert resolve_kd_config(kd_cfg(missing[:1]))["combine"] == "single"
+    cuts, teachers, _ = setup
+    kd = KDTargets(kd_cfg(teachers, combine="multistream"), cuts, LANG)
+    assert sorted(kd.training_cuts(cuts).ids) == ["utt-0#A", "utt-0#B", "utt-1#A", "utt-1#B"]
+    assert KDTargets(kd_cfg(teachers, combine="average"), cuts, LANG).training_cuts(cuts) is None
+
+
+def test_a_key_the_kinds_do_not_read_is_reported(caplog) -> None:
+    teachers = [{"name": "A", "archive": "x"}]
+    with caplog.at_level("WARNING"):
+        resolve_kd_config(kd_cfg(teachers, nbest=4))
+    assert "kd.nbest = 4 changes nothing: kd.strategy frame-kl and kd.combine single do not read it" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        resolve_kd_config(kd_cfg(teachers, strategy="seq", nbest=4))
+    assert not caplog.text

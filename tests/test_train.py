@@ -19,27 +19,16 @@ from kdasr.data.tokenizer import build_char_lang, texts_from_cuts
 from kdasr.models.checkpoint import load_checkpoint
 from kdasr.train.checkpoint import average_checkpoints
 from kdasr.train.trainer import Trainer, warmup_schedule
-from synth import make_feature_cuts
+from synth import make_feature_cuts, synth_corpus
 
 
 @pytest.fixture(scope="module")
 def synth_data(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("synth")
-    train = make_feature_cuts(root / "feats", num_cuts=48, seed=0, prefix="tr")
-    dev = make_feature_cuts(root / "feats", num_cuts=8, seed=1, prefix="dv")
-    nan = make_feature_cuts(root / "feats", num_cuts=12, seed=2, prefix="nan", nan_cuts=(5,))
-    paths = {}
-    for name, cs in (("train", train), ("dev", dev), ("nan", nan)):
-        paths[name] = root / f"cuts_{name}.jsonl.gz"
-        cs.to_file(paths[name])
-    build_char_lang(texts_from_cuts(train), root / "lang_char")
-    cfg = {
-        "data": {"train_cuts": str(paths["train"]), "dev_cuts": str(paths["dev"]),
-                 "lang_dir": str(root / "lang_char"), "max_duration": 3.0, "num_buckets": 2},
-        "model": {"name": "cnn", "channels": 32, "num_layers": 2},
-        "train": {"epochs": 2, "lr": 3e-3, "warmup_steps": 5, "save_every_n": 1, "keep_last_n": 0,
-                  "early_stop_patience": 0, "log_every_n": 1},
-    }
+    corpus = synth_corpus(tmp_path_factory.mktemp("synth"), num_train=48, num_dev=8)
+    root, cfg, paths = corpus["root"], corpus["cfg"], corpus["paths"]
+    paths["nan"] = root / "cuts_nan.jsonl.gz"
+    make_feature_cuts(root / "feats", num_cuts=12, seed=2, prefix="nan", nan_cuts=(5,)).to_file(paths["nan"])
+    cfg["train"].update(save_every_n=1, keep_last_n=0)
     config = root / "train.yaml"
     config.write_text(yaml.safe_dump(cfg))
     return {"root": root, "config": config, "cfg": cfg, "paths": paths}

@@ -14,24 +14,13 @@ from kdasr.data.tokenizer import Tokenizer, build_char_lang, texts_from_cuts
 from kdasr.distill.archive import ArchiveMeta, ArchiveMismatchError, dump_soft_labels
 from kdasr.train.build import train_from_config
 from kdasr.models.checkpoint import load_model
-from synth import make_feature_cuts
+from synth import make_feature_cuts, synth_corpus
 
 
 @pytest.fixture(scope="module")
 def kd_setup(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("kd")
-    train = make_feature_cuts(root / "feats", num_cuts=32, seed=0, prefix="tr")
-    dev = make_feature_cuts(root / "feats", num_cuts=6, seed=1, prefix="dv")
-    train.to_file(root / "cuts_train.jsonl.gz")
-    dev.to_file(root / "cuts_dev.jsonl.gz")
-    build_char_lang(texts_from_cuts(train), root / "lang")
-    cfg = {
-        "data": {"train_cuts": str(root / "cuts_train.jsonl.gz"), "dev_cuts": str(root / "cuts_dev.jsonl.gz"),
-                 "lang_dir": str(root / "lang"), "max_duration": 3.0, "num_buckets": 2},
-        "model": {"name": "cnn", "channels": 32, "num_layers": 2},
-        "train": {"epochs": 2, "lr": 3e-3, "warmup_steps": 5, "save_every_n": 0,
-                  "early_stop_patience": 0, "log_every_n": 1},
-    }
+    corpus = synth_corpus(tmp_path_factory.mktemp("kd"), num_train=32, num_dev=6)
+    root, cfg, train = corpus["root"], corpus["cfg"], corpus["train"]
     archives = {}
     lang_hash = Tokenizer.from_dir(root / "lang").hash
     for seed in (1, 2):

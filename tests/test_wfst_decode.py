@@ -5,14 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_graph import (
-    LM_TEXTS,
-    batch,
-    frames_for,
-    make_char_lang,
-    posteriors,
-    random_peaky,
-)
+from synth import GRAPH_WORDS, LM_TEXTS, ambiguous, batch, frames_for, posteriors, random_peaky
 
 from kdasr.ctc import collapse
 from kdasr.data.tokenizer import Tokenizer, build_char_lang
@@ -20,21 +13,14 @@ from kdasr.decode import make_decoder, scan_lm_weights
 from kdasr.decode.graph import GraphError, build_graph
 from kdasr.decode.wfst import WfstDecoder
 
-WORDS = ["ONE", "TWO", "THREE", "ON", "THE"]
+WORDS = GRAPH_WORDS
 
 
 @pytest.fixture(scope="module")
-def graphs(tmp_path_factory) -> tuple[Tokenizer, Path, Path]:
-    lang = tmp_path_factory.mktemp("lang_char")
-    tok = make_char_lang(lang)
-    return tok, build_graph(lang, LM_TEXTS, order=3), build_graph(lang, LM_TEXTS, uniform=True)
-
-
-def ambiguous(tok: Tokenizer, p_e: float, second: str) -> torch.Tensor:
-    """'ON' or 'ONE' (the E frame has probability ``p_e``, blank the rest), then ``second``."""
-    t = tok.token_to_id
-    frames = [0, t["O"], 0, t["N"], {t["E"]: p_e, 0: 1.0 - p_e}, 0, t["▁"]] + frames_for(tok, second)
-    return posteriors(frames, tok.vocab_size)
+def graphs(char_graph) -> tuple[Tokenizer, Path, Path]:
+    """The 3-gram graph and a uniform-LM graph over the same token set."""
+    tok, graph_dir = char_graph
+    return tok, graph_dir, build_graph(graph_dir.parent, LM_TEXTS, uniform=True)
 
 
 def test_decodes_known_best_path_and_empty_input(graphs) -> None:
@@ -60,7 +46,7 @@ def test_uniform_grammar_matches_greedy_on_peaky_posteriors(graphs) -> None:
     gen = torch.Generator().manual_seed(0)
     items = [random_peaky(tok, WORDS, n, gen) for n in (1, 2, 3, 4, 5, 6, 3, 2)]
     lp, lens = batch(items)
-    greedy = [tok.decode(collapse(x.argmax(-1).tolist())) for x in items]
+    greedy = [tok.decode(collapse(x.argmax(-1).tolist(), 0)) for x in items]
     assert all(set(g.split()) <= set(WORDS) for g in greedy)
     assert WfstDecoder(uniform, tok, beam=50.0, max_active=100000)(lp, lens) == greedy
 
@@ -113,7 +99,7 @@ def test_factory_greedy(graphs) -> None:
     gen = torch.Generator().manual_seed(2)
     items = [random_peaky(tok, WORDS, n, gen) for n in (2, 3)]
     lp, lens = batch(items)
-    expected = [tok.decode(collapse(x.argmax(-1).tolist())) for x in items]
+    expected = [tok.decode(collapse(x.argmax(-1).tolist(), 0)) for x in items]
     assert make_decoder("greedy", tok, device="cpu")(lp, lens) == expected
 
 

@@ -291,18 +291,23 @@ def spec_augment(cfg: Mapping[str, Any]) -> SpecAugment:
         raise ConfigError(f"data.augment.specaugment: {e}") from e
 
 
-def moves_frames(name: str, opts: Mapping[str, Any]) -> bool:
-    """Whether the enabled augmentation ``name`` with ``opts`` moves frames (only time warp does)."""
+def moves_frames(name: str, opts: Mapping[str, Any]) -> Optional[str]:
+    """The setting by which the enabled augmentation ``name`` moves frames, or None (only time warp does).
+
+    Gain, noise, reverberation and masks keep every frame where it was; the
+    volume/noise/reverb classes declare ``moves_frames = False``.
+    """
     if name == "specaugment":
         tw = opts.get("time_warp_factor", 80)
-        return tw is not None and float(tw) >= 1
-    return False
+        if tw is not None and float(tw) >= 1:
+            return f"data.augment.specaugment.time_warp_factor = {tw}"
+    return None
 
 
 def frame_moving(aug_cfg: Optional[Mapping[str, Any]]) -> list[str]:
-    """``data.augment.<name>`` entries that are enabled and move frames (what archive KD must refuse)."""
+    """Settings of the enabled augmentations that move frames (what archive KD must refuse)."""
     cfg = augment_config(aug_cfg)
-    return [f"data.augment.{name}" for name, opts in cfg.items() if opts["enabled"] and moves_frames(name, opts)]
+    return [setting for name, opts in cfg.items() if opts["enabled"] and (setting := moves_frames(name, opts))]
 
 
 # --------------------------------------------------------------------------- batches

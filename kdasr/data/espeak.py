@@ -122,13 +122,6 @@ _ENGINE = _Engine()
 _LOCK = threading.RLock()
 
 
-def native_sampling_rate() -> int:
-    """The rate espeak-ng synthesizes at (22050 Hz for the shipped voices)."""
-    with _LOCK:
-        _ENGINE.load()
-        return _ENGINE.sampling_rate
-
-
 def data_path() -> Path:
     """The ``espeak-ng-data`` directory shipped in the wheel."""
     return Path(espeakng_loader.get_data_path())

@@ -29,12 +29,12 @@ so the heads' frames line up and can be combined frame by frame.
 
 Combination (both give ``(..., V)`` log-probs):
 
-- :func:`kdasr.models.heads.combine_average` (the authors' rule): drop each head's dustbin,
+- :func:`kdasr.models.heads.average_rule` (the authors' rule): drop each head's dustbin,
   average the scores of a token over the heads that cover it, one softmax.
   The model passes each head's log-softmax as its scores: raw logits carry
   an arbitrary per-head, per-frame offset (softmax ignores it), which
   averaging across heads would turn into a bias for one head's tokens.
-- :func:`kdasr.models.heads.combine_hinton`: the q minimising ``KL(p_g || q) + sum_s KL(p_s || q_s)``,
+- :func:`kdasr.models.heads.hinton_rule`: the q minimising ``KL(p_g || q) + sum_s KL(p_s || q_s)``,
   where ``q_s`` is q over head s's classes with the dustbin getting q summed
   over the tokens s does not cover (and the generalist term is present when
   the model has a generalist head), found by a few gradient steps on the
@@ -180,7 +180,7 @@ def load_subsets(path: Pathlike, tokenizer: Any) -> Subsets:
     """Subsets of a YAML file (``subsets: [[sym, ...], ...]``, symbols or ids) as checked token ids."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"specialist subsets file {path} does not exist (see kdasr.distill.specialists.make_subsets_file)")
+        raise FileNotFoundError(f"specialist subsets file {path} does not exist (write one with kdasr.distill.specialists.save_subsets, or give subsets: {{from_archive: DIR, num_subsets: K}})")
     doc = yaml.safe_load(path.read_text()) or {}
     if not isinstance(doc, Mapping) or "subsets" not in doc:
         raise ValueError(f"{path}: expected a mapping with key 'subsets'")
@@ -196,19 +196,6 @@ def load_subsets(path: Pathlike, tokenizer: Any) -> Subsets:
                 raise ValueError(f"{path}: token {t!r} is not in the token set {tokenizer.lang_dir}")
         out.append(ids)
     return validate_subsets(out, tokenizer.vocab_size, tokenizer.blank_id)
-
-
-def make_subsets_file(
-    archive_dir: Pathlike, lang_dir: Pathlike, num_subsets: int, out: Pathlike, overlap: int = 0,
-    max_frames: int = 200_000, seed: int = 0,
-) -> Subsets:
-    """Cluster a generalist's archive into ``num_subsets`` subsets and write them to ``out`` (one call for a recipe)."""
-    tok = Tokenizer.from_dir(lang_dir)
-    subsets = cluster_tokens(posteriors_from_archive(archive_dir, max_frames, seed), num_subsets,
-                             tok.blank_id, overlap, seed)
-    save_subsets(subsets, out, tok.tokens)
-    logging.info("specialist subsets -> %s: %s", out, [len(s) for s in subsets])
-    return subsets
 
 
 def resolve_subsets(model_cfg: Mapping[str, Any], lang_dir: Pathlike, out_dir: Optional[Pathlike] = None) -> dict:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from kdasr.models.common import AcousticModel, GlobalCMVN, make_pad_mask, output_lengths
+from kdasr.registry import Registry
 
 __all__ = [
     "AcousticModel",
@@ -22,12 +23,13 @@ __all__ = [
     "list_models",
     "macs_per_second",
     "make_pad_mask",
+    "model_class",
     "model_summary",
     "output_lengths",
     "register_model",
 ]
 
-_REGISTRY: dict[str, type[AcousticModel]] = {}
+_REGISTRY: Registry[type[AcousticModel]] = Registry("model", "model.name")
 # Modules whose import registers the built-in families.
 _BUILTIN_MODULES = (
     "kdasr.models.vgg", "kdasr.models.lstm", "kdasr.models.cnn", "kdasr.models.specialists", "kdasr.models.oracle",
@@ -39,14 +41,12 @@ M = TypeVar("M", bound=type)
 def register_model(name: str) -> Callable[[M], M]:
     """Class decorator: make an ``AcousticModel`` subclass buildable as ``model_cfg["name"] == name``."""
 
+    add = _REGISTRY.register(name)
+
     def deco(cls: M) -> M:
         if not (isinstance(cls, type) and issubclass(cls, AcousticModel)):
             raise TypeError(f"@register_model({name!r}) needs an AcousticModel subclass, got {cls!r}")
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"model name {name!r} is already registered by {_REGISTRY[name].__name__}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
+        return add(cls)
 
     return deco
 
@@ -59,7 +59,16 @@ def _load_builtins() -> None:
 def list_models() -> list[str]:
     """Names ``build_model`` accepts, sorted."""
     _load_builtins()
-    return sorted(_REGISTRY)
+    return sorted(_REGISTRY.names())
+
+
+def model_class(name: str) -> type[AcousticModel]:
+    """The class registered as ``name``: what a caller asks about a model kind (its inputs, objective).
+
+    An unknown name is a :class:`kdasr.config.ConfigError` (a ``ValueError``) naming the known ones.
+    """
+    _load_builtins()
+    return _REGISTRY.get(name)
 
 
 def build_model(
@@ -75,15 +84,13 @@ def build_model(
     """
     _load_builtins()
     if not isinstance(model_cfg, Mapping) or "name" not in model_cfg:
-        raise ValueError(f"model config needs a 'name' (one of {', '.join(sorted(_REGISTRY))}); got {model_cfg!r}")
+        raise ValueError(f"model config needs a 'name' (one of {', '.join(list_models())}); got {model_cfg!r}")
     options = dict(model_cfg)
     name = options.pop("name")
     utt_norm = options.pop("utt_norm", False)
     if not isinstance(utt_norm, bool):
         raise ValueError(f"model option utt_norm must be true or false, got {utt_norm!r}")
-    cls = _REGISTRY.get(name)
-    if cls is None:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))}")
+    cls = model_class(name)
     accepted = [
         p.name for p in inspect.signature(cls.__init__).parameters.values()
         if p.kind == p.KEYWORD_ONLY

@@ -104,6 +104,14 @@ class AcousticModel(nn.Module, abc.ABC):
     #: subtract each utterance's mean log-mel (per bin) after the global CMVN: a recording's gain
     #: (and a fixed channel) is a constant offset in log-mel, so this makes the model level-invariant
     utt_norm: bool = False
+    #: batch fields ``forward`` reads when training and dumping soft labels: ``"features"``, and
+    #: ``"targets"`` for a model that also reads the transcript (as ``tokens``/``token_lens``,
+    #: see :func:`model_inputs`); decoders and validation give the features alone
+    inputs: tuple[str, ...] = ("features",)
+    #: the training objective it needs (``kdasr.train.build.OBJECTIVES``): per-head CTC for specialists
+    objective: str = "ctc"
+    #: whether other models can use it as their encoder or trunk (``kdasr.models.specialists.build_trunk``)
+    encoder_family: bool = True
 
     def __init__(
         self,
@@ -151,6 +159,25 @@ class AcousticModel(nn.Module, abc.ABC):
     @abc.abstractmethod
     def encode(self, x: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised, zero-padded ``x (B,T,F)`` -> ``(logits, out_lens)``."""
+
+
+def pad_targets(targets: Sequence[Sequence[int]], device: Any = "cpu") -> dict:
+    """``{"tokens": (B, K) long zero-padded, "token_lens": (B,)}``: how a model with the ``targets`` input reads them."""
+    k = max((len(t) for t in targets), default=0)
+    tokens = torch.zeros(len(targets), k, dtype=torch.long)
+    for i, t in enumerate(targets):
+        tokens[i, : len(t)] = torch.as_tensor(list(t), dtype=torch.long)
+    lens = torch.tensor([len(t) for t in targets], dtype=torch.long)
+    return {"tokens": tokens.to(device), "token_lens": lens.to(device)}
+
+
+def model_inputs(model: nn.Module, targets: Sequence[Sequence[int]], device: Any = "cpu") -> dict:
+    """The keyword inputs besides the features that ``model`` declares it reads (``AcousticModel.inputs``).
+
+    ``model`` may be wrapped (DistributedDataParallel): the declaration is the wrapped model's.
+    """
+    inner = getattr(model, "module", model)
+    return pad_targets(targets, device) if "targets" in getattr(inner, "inputs", ()) else {}
 
 
 def has_padding(lens: torch.Tensor, max_len: int) -> bool:

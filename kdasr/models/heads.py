@@ -13,7 +13,6 @@ from typing import Optional, Sequence
 import torch
 
 Subsets = list[list[int]]
-COMBINE_RULES = ("average", "hinton")
 
 
 # --------------------------------------------------------------------------- subsets
@@ -84,52 +83,21 @@ def _strip_dustbins(head_scores: Sequence[torch.Tensor], subsets: Sequence[Seque
     return torch.cat(parts, dim=-1), torch.stack([h[..., -1] for h in head_scores], dim=-1)
 
 
-def combine_average(
-    head_scores: Sequence[torch.Tensor],
-    subsets: Sequence[Sequence[int]],
-    vocab_size: int,
-    blank_id: int = 0,
-    generalist: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
+def average_rule(head_scores: Sequence[torch.Tensor], subsets: Sequence[Sequence[int]],
+                 cover: torch.Tensor, generalist: Optional[torch.Tensor]) -> torch.Tensor:
     """The authors' rule: drop dustbins, average each token's scores over the heads covering it, log-softmax.
 
     ``head_scores[s]`` is ``(..., len(subsets[s]) + 2)`` (blank, subset,
     dustbin); a ``generalist`` ``(..., V)`` counts as a head covering every
-    token. Returns ``(..., V)`` log-probs.
+    token; ``cover`` is :func:`cover_matrix` (a model keeps it as a buffer).
+    Returns ``(..., V)`` log-probs.
     """
-    cover = cover_matrix(subsets, vocab_size, blank_id, generalist is not None)
-    return average_rule(head_scores, subsets, cover, generalist)
-
-
-def average_rule(head_scores: Sequence[torch.Tensor], subsets: Sequence[Sequence[int]],
-                 cover: torch.Tensor, generalist: Optional[torch.Tensor]) -> torch.Tensor:
-    """:func:`combine_average` with a precomputed :func:`cover_matrix` (a model keeps it as a buffer)."""
     scores, _ = _strip_dustbins(head_scores, subsets, generalist)
     cover = cover.to(scores)
     counts = cover.sum(0)
     if bool((counts == 0).any()):
         raise ValueError(f"tokens {(counts == 0).nonzero().flatten().tolist()} are covered by no head")
     return torch.log_softmax(scores @ (cover / counts), dim=-1)
-
-
-def combine_hinton(
-    head_logprobs: Sequence[torch.Tensor],
-    subsets: Sequence[Sequence[int]],
-    vocab_size: int,
-    blank_id: int = 0,
-    generalist: Optional[torch.Tensor] = None,
-    steps: int = 30,
-    lr: float = 2.0,
-) -> torch.Tensor:
-    """Hinton's rule: ``argmin_q KL(p_g || q) + sum_s KL(p_s || q_s)`` by ``steps`` gradient steps on log q.
-
-    ``head_logprobs`` are normalised log-probs per head (blank, subset,
-    dustbin); ``generalist`` (optional) ``(..., V)`` log-probs. Returns
-    ``(..., V)`` log-probs. See :func:`hinton_gradient` for the step.
-    """
-    cover = cover_matrix(subsets, vocab_size, blank_id, generalist is not None)
-    return hinton_rule(head_logprobs, subsets, cover, uncovered_matrix(subsets, vocab_size, blank_id),
-                           generalist, steps, lr)
 
 
 def uncovered_matrix(subsets: Sequence[Sequence[int]], vocab_size: int, blank_id: int = 0) -> torch.Tensor:
@@ -160,7 +128,13 @@ def hinton_gradient(logq: torch.Tensor, covered_mass: torch.Tensor, dustbin: tor
 
 def hinton_rule(head_logprobs: Sequence[torch.Tensor], subsets: Sequence[Sequence[int]], cover: torch.Tensor,
                 uncovered: torch.Tensor, generalist: Optional[torch.Tensor], steps: int, lr: float) -> torch.Tensor:
-    """:func:`combine_hinton` with precomputed :func:`cover_matrix` and :func:`uncovered_matrix`."""
+    """Hinton's rule: ``argmin_q KL(p_g || q) + sum_s KL(p_s || q_s)`` by ``steps`` gradient steps on log q.
+
+    ``head_logprobs`` are normalised log-probs per head (blank, subset,
+    dustbin); ``generalist`` (optional) ``(..., V)`` log-probs; ``cover`` and
+    ``uncovered`` are :func:`cover_matrix` and :func:`uncovered_matrix`.
+    Returns ``(..., V)`` log-probs. See :func:`hinton_gradient` for the step.
+    """
     logp, dust_logp = _strip_dustbins(head_logprobs, subsets, generalist)
     cover, uncovered = cover.to(logp), uncovered.to(logp)
     covered_mass = logp.exp() @ cover

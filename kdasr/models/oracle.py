@@ -63,6 +63,9 @@ def relative_positions(lens: torch.Tensor, max_len: int, dim: int) -> torch.Tens
 class OracleModel(AcousticModel):
     """Acoustic encoder + cross-attention to an order-free text memory + feed-forward -> V logits."""
 
+    inputs = ("features", "targets")
+    encoder_family = False
+
     def __init__(
         self,
         num_features: int,
@@ -96,7 +99,7 @@ class OracleModel(AcousticModel):
         self.d_model = d_model
         self.text_positions = bool(text_positions)
         self.p_sub, self.p_del, self.p_drop = token_substitution, token_deletion, transcript_dropout
-        self.encoder = build_trunk(encoder, num_features, d_model, "oracle")
+        self.encoder = build_trunk(encoder, num_features, d_model, self.name)
         self.embed = nn.Embedding(vocab_size, d_model)
         self.null = nn.Parameter(torch.randn(1, 1, d_model) * 0.02)
         self.text = nn.ModuleList(

@@ -16,13 +16,12 @@ teacher like any other for the soft-label dumper and the decoders;
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from kdasr.models.heads import (
-    COMBINE_RULES,
     average_rule,
     cover_matrix,
     head_size,
@@ -30,17 +29,23 @@ from kdasr.models.heads import (
     uncovered_matrix,
     validate_subsets,
 )
-from kdasr.models import build_model, register_model
+from kdasr.models import build_model, model_class, register_model
 from kdasr.models.common import AcousticModel
 
 HeadsOutput = tuple[list[torch.Tensor], Optional[torch.Tensor], torch.Tensor]
+
+# The model option ``combine``: (model, head log-probs, generalist log-probs or None) -> (B, T', V) log-probs.
+COMBINE_RULES: dict[str, Callable[["SpecialistsModel", list[torch.Tensor], Optional[torch.Tensor]], torch.Tensor]] = {
+    "average": lambda m, heads, g: average_rule(heads, m.subsets, m.cover, g),
+    "hinton": lambda m, heads, g: hinton_rule(heads, m.subsets, m.cover, m.uncovered, g, m.hinton_steps, m.hinton_lr),
+}
 
 
 def build_trunk(trunk: Mapping[str, Any], num_features: int, outputs: int, owner: str) -> AcousticModel:
     """A registered encoder family with ``outputs`` outputs, used through its ``encode`` (the owner normalises)."""
     if not isinstance(trunk, Mapping) or "name" not in trunk:
         raise ValueError(f"{owner}: trunk needs a 'name' (an encoder family such as vgg), got {trunk!r}")
-    if trunk["name"] in ("specialists", "oracle"):
+    if not model_class(trunk["name"]).encoder_family:
         raise ValueError(f"{owner}: trunk {trunk['name']!r} is not an encoder family")
     return build_model(trunk, num_features, outputs)
 
@@ -48,6 +53,9 @@ def build_trunk(trunk: Mapping[str, Any], num_features: int, outputs: int, owner
 @register_model("specialists")
 class SpecialistsModel(AcousticModel):
     """Specialist heads (plus an optional generalist) on a shared or per-head trunk, combined to V tokens."""
+
+    objective = "specialist-heads"
+    encoder_family = False
 
     def __init__(
         self,
@@ -84,9 +92,9 @@ class SpecialistsModel(AcousticModel):
         self.hinton_lr = float(hinton_lr)
         self.head_sizes = [head_size(s) for s in subsets] + ([vocab_size] if generalist else [])
         if shared_trunk:
-            self.trunks = nn.ModuleList([build_trunk(trunk, num_features, sum(self.head_sizes), "specialists")])
+            self.trunks = nn.ModuleList([build_trunk(trunk, num_features, sum(self.head_sizes), self.name)])
         else:
-            self.trunks = nn.ModuleList(build_trunk(trunk, num_features, n, "specialists") for n in self.head_sizes)
+            self.trunks = nn.ModuleList(build_trunk(trunk, num_features, n, self.name) for n in self.head_sizes)
         self.has_generalist = bool(generalist)
         # Rebuilt from the options, so not part of the state dict.
         self.register_buffer("cover", cover_matrix(subsets, vocab_size, 0, self.has_generalist), persistent=False)
@@ -108,7 +116,4 @@ class SpecialistsModel(AcousticModel):
             return parts, generalist, lens
         heads = [torch.log_softmax(p.float(), dim=-1) for p in parts]
         g = torch.log_softmax(generalist.float(), dim=-1) if generalist is not None else None
-        if self.combine == "average":
-            return average_rule(heads, self.subsets, self.cover, g), lens
-        return hinton_rule(heads, self.subsets, self.cover, self.uncovered, g,
-                               self.hinton_steps, self.hinton_lr), lens
+        return COMBINE_RULES[self.combine](self, heads, g), lens

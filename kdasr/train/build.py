@@ -1,25 +1,43 @@
 """Choose the objective a config asks for and run the trainer.
 
-Hard-label CTC by default; knowledge distillation with a ``kd`` section; the
-specialist ensemble and the Oracle Teacher bring their own objectives
-(per-head CTC, and CTC with the transcript as an input too).
+Knowledge distillation with a ``kd`` section; otherwise the objective the
+model declares (``AcousticModel.objective``): hard-label CTC, or per-head
+CTC for the specialist ensemble. What a model reads besides the features
+(the Oracle Teacher's transcript) it declares too, and the objectives ask it.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 from lhotse import CutSet
 
 from kdasr.config import deep_merge
 from kdasr.data.tokenizer import Tokenizer
-from kdasr.distill.oracle import OracleObjective
 from kdasr.distill.specialists import SpecialistObjective, resolve_subsets
-from kdasr.distill.strategies import KDObjective, KDTargets, check_augmentation_compatible, multistream_cuts
-from kdasr.ctc import Objective
+from kdasr.distill.strategies import KDObjective, KDTargets
+from kdasr.distill.teachers import check_augmentation_compatible
+from kdasr.models import model_class
+from kdasr.ctc import CtcObjective, Objective
 from kdasr.train.trainer import DEFAULTS, TrainState, Trainer
 from kdasr.utils.io import save_manifest
+
+@dataclass(frozen=True)
+class ObjectiveKind:
+    """What a model's declared objective (``AcousticModel.objective``) brings when there is no ``kd`` section."""
+
+    make: Callable[[], Objective]
+    #: the ``model`` section as the checkpoint stores it (files it names resolved, so the checkpoint stands alone)
+    resolve_model_config: Callable[[dict, Any, Any], dict] = lambda model_cfg, lang_dir, out_dir: dict(model_cfg)
+
+
+OBJECTIVES: dict[str, ObjectiveKind] = {
+    "ctc": ObjectiveKind(CtcObjective),
+    # specialists' subsets may come from a YAML file of tokens or a generalist's archive: token ids in the checkpoint
+    "specialist-heads": ObjectiveKind(SpecialistObjective, resolve_subsets),
+}
 
 
 def kd_objective(cfg: dict, exp_dir: Path) -> Optional[Objective]:
@@ -27,8 +45,9 @@ def kd_objective(cfg: dict, exp_dir: Path) -> Optional[Objective]:
 
     Checks, before any training step, that augmentation keeps the teacher's
     frames and that every archive fits the student's cuts and token set.
-    Under ``multistream`` it rewrites ``cfg['data']['train_cuts']`` to a
-    manifest in ``exp_dir`` holding one copy of each cut per teacher.
+    When the combine mode trains on other cuts (``multistream``: one copy of
+    each cut per teacher) it rewrites ``cfg['data']['train_cuts']`` to a
+    manifest of them in ``exp_dir``.
     """
     kd = cfg.get("kd")
     if not kd:
@@ -38,10 +57,11 @@ def kd_objective(cfg: dict, exp_dir: Path) -> Optional[Objective]:
     tokenizer = Tokenizer.from_dir(data["lang_dir"])
     student_cuts = CutSet.from_file(data["train_cuts"]).to_eager()
     targets = KDTargets(kd, student_cuts, tokenizer.hash, tokenizer.vocab_size)
-    if targets.combine == "multistream":
-        path = Path(exp_dir) / "cuts_train_multistream.jsonl.gz"
-        save_manifest(multistream_cuts(student_cuts, targets.names), path)
-        logging.info("multistream: %d cuts x %d teachers -> %s", len(student_cuts), len(targets.names), path)
+    train_cuts = targets.training_cuts(student_cuts)
+    if train_cuts is not None:
+        path = Path(exp_dir) / f"cuts_train_{targets.combine}.jsonl.gz"
+        save_manifest(train_cuts, path)
+        logging.info("%s: %d cuts -> %d training cuts in %s", targets.combine, len(student_cuts), len(train_cuts), path)
         data["train_cuts"] = str(path)
     return KDObjective(targets)
 
@@ -49,12 +69,9 @@ def kd_objective(cfg: dict, exp_dir: Path) -> Optional[Objective]:
 def train_from_config(cfg: dict, exp_dir: Path, resume: bool = True) -> TrainState:
     """Hard-label CTC, or knowledge distillation when the config has a ``kd`` section."""
     cfg = deep_merge(DEFAULTS, cfg)
-    name = cfg["model"]["name"]
-    if name == "specialists":  # subsets from a YAML file become token ids, so the checkpoint stands alone
-        cfg["model"] = resolve_subsets(cfg["model"], cfg["data"]["lang_dir"], exp_dir)
+    kind = OBJECTIVES[model_class(cfg["model"]["name"]).objective]
+    cfg["model"] = kind.resolve_model_config(cfg["model"], cfg["data"]["lang_dir"], exp_dir)
     objective = kd_objective(cfg, Path(exp_dir))
-    if objective is None and name == "specialists":
-        objective = SpecialistObjective()
-    elif objective is None and name == "oracle":
-        objective = OracleObjective()
+    if objective is None:
+        objective = kind.make()
     return Trainer(cfg, exp_dir, objective).fit(resume=resume)

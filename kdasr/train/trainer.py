@@ -478,7 +478,3 @@ class Trainer:
             raise RuntimeError(f"DDP ranks out of sync: weight checksums {[g.tolist() for g in gathered]}")
         logging.info("DDP ranks in sync: weight checksum %.10e over %d ranks", checksum[0].item(), self.world_size)
 
-
-def train(cfg: dict, exp_dir: Path, resume: bool = True, objective: Optional[Objective] = None) -> TrainState:
-    """Library entry point of ``kdasr train``."""
-    return Trainer(cfg, exp_dir, objective).fit(resume=resume)
