@@ -114,6 +114,10 @@ def test_nan_batch_is_skipped_and_logged(synth_data, tmp_path):
     skipped = [line for line in log.splitlines() if "non-finite loss" in line]
     assert len(skipped) == 1 and "nan-005" in skipped[0]
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    # The skipped batch's forward pass must not leave its statistics behind either.
+    assert all(torch.isfinite(b).all() for b in trainer.model.buffers())
+    tracked = {int(m.num_batches_tracked) for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm1d)}
+    assert tracked == {trainer.state.step - 1}
 
 
 def test_early_stopping_waits_while_dev_loss_falls(synth_data, tmp_path, monkeypatch):

@@ -324,6 +324,9 @@ class Trainer:
         """One optimizer step; returns the loss stats, or None when the batch was skipped."""
         self.ddp_model.train()
         batch = self._to_device(batch)
+        # The forward pass updates BatchNorm statistics before the loss can be checked:
+        # a skipped batch puts them back, or its NaN would reach every later checkpoint.
+        buffers = [b.detach().clone() for b in self.model.buffers()]
         autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
         )
@@ -337,6 +340,9 @@ class Trainer:
                 self.state.step, float(loss.detach()), " ".join(batch["cut_ids"]),
             )
             self.optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for b, saved in zip(self.model.buffers(), buffers):
+                    b.copy_(saved)
             return None
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["train"]["grad_clip"])
         self.optimizer.step()
