@@ -161,3 +161,28 @@ def test_average_refuses_different_networks(synth_data, tmp_path):
     torch.save({"model": {"w": torch.zeros(3)}}, b)
     with pytest.raises(ValueError, match="different network"):
         average_checkpoints([a, b])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trian.epochs=1", "unknown key 'trian.epochs' (did you mean 'train.epochs'?)"),
+    ("train.epoch=1", "unknown key 'train.epoch' (did you mean 'train.epochs'?)"),
+    ("train.lr=abc", "train.lr: expected a number, got 'abc' (str)"),
+    ("model.chanels=8", "unknown key 'model.chanels' (did you mean 'model.channels'?)"),
+    ("model.num_layers=two", "model.num_layers: expected an integer, got 'two' (str)"),
+    ("data.lang_dir=", "missing required key data.lang_dir"),
+])
+def test_config_mistakes_stop_before_training_in_one_line(synth_data, tmp_path, override, message):
+    exp = tmp_path / "exp"
+    res = CliRunner().invoke(cli, ["train", str(synth_data["config"]), "--exp-dir", str(exp), "--set", override])
+    assert res.exit_code == 1
+    assert res.output.strip() == f"Error: {message}"
+    assert not (exp / "config.yaml").exists() and not list(exp.glob("*.pt"))
+
+
+def test_config_mistake_traceback_only_with_verbose(synth_data, tmp_path):
+    args = ["train", str(synth_data["config"]), "--exp-dir", str(tmp_path / "e"), "--set", "train.lr=abc"]
+    quiet = subprocess.run(_kdasr(*args), capture_output=True, text=True)
+    assert quiet.returncode == 1 and "Traceback" not in quiet.stderr
+    assert quiet.stderr.strip().splitlines() == ["Error: train.lr: expected a number, got 'abc' (str)"]
+    loud = subprocess.run(_kdasr("-v", *args), capture_output=True, text=True)
+    assert loud.returncode == 1 and "Traceback" in loud.stderr and "ConfigError" in loud.stderr

@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping, Optional, TypeVar
 import torch
 from torch import nn
 
+from kdasr.config import ConfigError, check_config
 from kdasr.models.common import AcousticModel, GlobalCMVN, make_pad_mask, output_lengths
 
 __all__ = [
@@ -75,19 +76,19 @@ def build_model(
     """
     _load_builtins()
     if not isinstance(model_cfg, Mapping) or "name" not in model_cfg:
-        raise ValueError(f"model config needs a 'name' (one of {', '.join(sorted(_REGISTRY))}); got {model_cfg!r}")
+        raise ConfigError(f"model config needs a 'name' (one of {', '.join(sorted(_REGISTRY))}); got {model_cfg!r}")
     options = dict(model_cfg)
     name = options.pop("name")
     cls = _REGISTRY.get(name)
     if cls is None:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))}")
-    accepted = [
-        p.name for p in inspect.signature(cls.__init__).parameters.values()
-        if p.kind == p.KEYWORD_ONLY
-    ]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"model {name!r} has no option(s) {', '.join(unknown)}; it accepts: {', '.join(accepted)}")
+        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))}")
+    # The keyword-only defaults are the schema: a scalar or a non-empty list gives its type;
+    # an empty or None default (a nested trunk, subsets from a file) is checked by the model.
+    schema = {
+        p.name: p.default if isinstance(p.default, (bool, int, float, str)) or p.default else None
+        for p in inspect.signature(cls.__init__).parameters.values() if p.kind == p.KEYWORD_ONLY
+    }
+    check_config({"model": options}, {"model": schema})
     return cls(num_features, vocab_size, cmvn, **options)
 
 

@@ -12,12 +12,11 @@ from typing import Optional
 
 from lhotse import CutSet
 
-from kdasr.config import deep_merge
 from kdasr.data.tokenizer import Tokenizer
 from kdasr.distill.oracle import OracleObjective
 from kdasr.distill.specialists import SpecialistObjective, resolve_subsets
 from kdasr.distill.strategies import KDObjective, KDTargets, check_augmentation_compatible, multistream_cuts
-from kdasr.train.trainer import DEFAULTS, Objective, TrainState, Trainer
+from kdasr.train.trainer import Objective, TrainState, Trainer, resolve_config
 from kdasr.utils.io import save_manifest
 
 
@@ -47,7 +46,7 @@ def kd_objective(cfg: dict, exp_dir: Path) -> Optional[Objective]:
 
 def train_from_config(cfg: dict, exp_dir: Path, resume: bool = True) -> TrainState:
     """Hard-label CTC, or knowledge distillation when the config has a ``kd`` section."""
-    cfg = deep_merge(DEFAULTS, cfg)
+    cfg = resolve_config(cfg)
     name = cfg["model"]["name"]
     if name == "specialists":  # subsets from a YAML file become token ids, so the checkpoint stands alone
         cfg["model"] = resolve_subsets(cfg["model"], cfg["data"]["lang_dir"], exp_dir)

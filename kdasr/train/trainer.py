@@ -28,7 +28,7 @@ from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from kdasr.config import deep_merge, save_config
+from kdasr.config import check_config, deep_merge, save_config
 from kdasr.data.dataset import AsrDataset, spec_augment_from_config
 from kdasr.data.features import load_cmvn
 from kdasr.data.subsets import hold_back_transcripts
@@ -92,6 +92,22 @@ DEFAULTS: dict = {
         },
     },
 }
+
+
+# DEFAULTS is the schema of a training config. ``model`` and ``kd`` are checked where they are
+# read (build_model, KDTargets); ``view`` and ``role`` are recipe metadata; paths default to None.
+SCHEMA: dict = {**DEFAULTS, "model": None, "kd": None, "view": None, "role": None}
+TYPES = {"data.train_cuts": str, "data.dev_cuts": str, "data.lang_dir": str, "data.cmvn": str,
+         "view": str, "role": str}
+REQUIRED = ("data.train_cuts", "data.lang_dir")
+
+
+def resolve_config(cfg: dict) -> dict:
+    """``cfg`` over the defaults, refusing unknown keys, values of the wrong type and missing paths:
+    a typo must not train with the default in its place."""
+    cfg = deep_merge(DEFAULTS, cfg)
+    check_config(cfg, SCHEMA, TYPES, REQUIRED)
+    return cfg
 
 
 class Objective(Protocol):
@@ -176,7 +192,7 @@ class Trainer:
     """Train one model described by a resolved config into ``exp_dir``."""
 
     def __init__(self, cfg: dict, exp_dir: Path, objective: Optional[Objective] = None) -> None:
-        self.cfg = deep_merge(DEFAULTS, cfg)
+        self.cfg = resolve_config(cfg)
         self.exp_dir = Path(exp_dir)
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
@@ -188,9 +204,6 @@ class Trainer:
             dist.init_process_group(backend)
         self.is_main = self.rank == 0
         setup_logging(0, self.exp_dir / "log" / ("train.log" if self.is_main else f"train.rank{self.rank}.log"))
-        for key in ("train_cuts", "lang_dir"):
-            if not dcfg.get(key):
-                raise ValueError(f"config needs data.{key}")
         seed_everything(tcfg["seed"])
         self.tokenizer = Tokenizer.from_dir(dcfg["lang_dir"])
         # KD students may learn untranscribed cuts from soft labels alone.
