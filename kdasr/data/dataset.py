@@ -21,9 +21,12 @@ from kdasr.data.validate import cut_text
 class AsrDataset(torch.utils.data.Dataset):
     """Map a CutSet (one sampler batch) to a dict of tensors (see docs/ARCHITECTURE.md, Batch)."""
 
-    def __init__(self, tokenizer: Tokenizer, spec_augment: Optional[SpecAugment] = None) -> None:
+    def __init__(self, tokenizer: Tokenizer, spec_augment: Optional[SpecAugment] = None, targets: bool = True) -> None:
+        """``targets=False`` (decoding): leave the transcripts as text, so a reference the token set
+        cannot spell is scored as written instead of stopping the batch."""
         self.tokenizer = tokenizer
         self.spec_augment = spec_augment
+        self.targets = targets
 
     def __getitem__(self, cuts: CutSet) -> dict:
         cuts = cuts.sort_by_duration(ascending=False)
@@ -34,7 +37,7 @@ class AsrDataset(torch.utils.data.Dataset):
         if self.spec_augment is not None:
             features = self.spec_augment(features)
         texts = [cut_text(c) for c in cuts]
-        targets = [self.tokenizer.encode(t) if t else [] for t in texts]
+        targets = [self.tokenizer.encode(t) if t else [] for t in texts] if self.targets else None
         return {
             "features": features,
             "feature_lens": feature_lens,
