@@ -186,3 +186,50 @@ def test_config_mistake_traceback_only_with_verbose(synth_data, tmp_path):
     assert quiet.stderr.strip().splitlines() == ["Error: train.lr: expected a number, got 'abc' (str)"]
     loud = subprocess.run(_kdasr("-v", *args), capture_output=True, text=True)
     assert loud.returncode == 1 and "Traceback" in loud.stderr and "ConfigError" in loud.stderr
+
+
+def test_resume_refuses_a_changed_config_before_writing(synth_data, tmp_path):
+    exp = tmp_path / "exp"
+    base = ["train", str(synth_data["config"]), "--exp-dir", str(exp), "--set", "train.save_every_n=0"]
+    run = lambda *extra: CliRunner().invoke(cli, [*base, "--set", "train.epochs=1", *extra])  # noqa: E731
+    assert run().exit_code == 0
+    saved, ckpts = (exp / "config.yaml").read_bytes(), sorted(p.name for p in exp.glob("*.pt"))
+    res = run("--set", "train.lr=5e-4", "--set", "model.channels=16")
+    assert res.exit_code == 1
+    assert "resuming would change model.channels: 32 -> 16, train.lr: 0.003 -> 0.0005." in res.output
+    assert (exp / "config.yaml").read_bytes() == saved and sorted(p.name for p in exp.glob("*.pt")) == ckpts
+    res = CliRunner().invoke(cli, [*base, "--set", "train.epochs=2"])  # more epochs: safe
+    assert res.exit_code == 0, res.output
+    assert yaml.safe_load((exp / "config.yaml").read_text())["train"]["epochs"] == 2 and (exp / "epoch-2.pt").exists()
+    log = (exp / "log" / "train.log").read_text()
+    assert "resuming with train.epochs changed: 1 -> 2" in log and "resumed from" in log
+    res = CliRunner().invoke(cli, [*base, "--set", "train.epochs=2", "--set", "train.lr=5e-4",
+                                   "--allow-config-change", "train.lr"])
+    assert res.exit_code == 0, res.output
+    assert yaml.safe_load((exp / "config.yaml").read_text())["train"]["lr"] == 5e-4
+    res = CliRunner().invoke(cli, [*base, "--set", "train.epochs=3", "--set", "train.lr_anneal=true",
+                                   "--allow-config-change", "train.lr_anneal"])
+    assert res.exit_code == 1 and "train.epochs: 2 -> 3" in res.output  # the annealing depends on it
+
+
+def test_second_run_on_one_exp_dir_stops_naming_the_holder(synth_data, tmp_path):
+    exp = tmp_path / "exp"
+    args = ["train", str(synth_data["config"]), "--exp-dir", str(exp), "--set", "train.epochs=1000"]
+    first = subprocess.Popen(_kdasr(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (exp / "checkpoints").is_dir():
+            assert first.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        t0 = time.time()
+        second = subprocess.run(_kdasr(*args), capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1 and time.time() - t0 < 60
+        assert f"is in use by another kdasr train: PID {first.pid} " in second.stderr
+        assert "Traceback" not in second.stderr and len(second.stderr.strip().splitlines()) == 1
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # A killed holder leaves the lock file, not the lock.
+    third = subprocess.run(_kdasr(*args[:-1], "train.epochs=1", "--set", "train.save_every_n=0"),
+                           capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr[-2000:]

@@ -6,9 +6,11 @@ specialist ensemble and the Oracle Teacher bring their own objectives
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from lhotse import CutSet
 
@@ -16,6 +18,8 @@ from kdasr.data.tokenizer import Tokenizer
 from kdasr.distill.oracle import OracleObjective
 from kdasr.distill.specialists import SpecialistObjective, resolve_subsets
 from kdasr.distill.strategies import KDObjective, KDTargets, check_augmentation_compatible, multistream_cuts
+from kdasr.train.checkpoint import list_checkpoints
+from kdasr.train.expdir import exp_lock, start_or_resume
 from kdasr.train.trainer import Objective, TrainState, Trainer, resolve_config
 from kdasr.utils.io import save_manifest
 
@@ -44,9 +48,26 @@ def kd_objective(cfg: dict, exp_dir: Path) -> Optional[Objective]:
     return KDObjective(targets)
 
 
-def train_from_config(cfg: dict, exp_dir: Path, resume: bool = True) -> TrainState:
-    """Hard-label CTC, or knowledge distillation when the config has a ``kd`` section."""
+def train_from_config(
+    cfg: dict, exp_dir: Path, resume: bool = True, allow_config_change: Sequence[str] = ()
+) -> TrainState:
+    """Hard-label CTC, or knowledge distillation when the config has a ``kd`` section.
+
+    Before anything is written into ``exp_dir``: the config is checked, the
+    directory locked (by rank 0, the one process that writes it) and a resumed
+    run's config compared with the one it was started with; ``config.yaml``
+    then records the config as asked for, before the start-up rewrites below.
+    """
     cfg = resolve_config(cfg)
+    exp_dir = Path(exp_dir)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    with exp_lock(exp_dir) if is_main else contextlib.nullcontext():
+        has_checkpoint = bool(list_checkpoints(exp_dir, "checkpoint") + list_checkpoints(exp_dir, "epoch"))
+        start_or_resume(cfg, exp_dir, resume, has_checkpoint, allow_config_change, write=is_main)
+        return _train(cfg, exp_dir, resume)
+
+
+def _train(cfg: dict, exp_dir: Path, resume: bool) -> TrainState:
     name = cfg["model"]["name"]
     if name == "specialists":  # subsets from a YAML file become token ids, so the checkpoint stands alone
         cfg["model"] = resolve_subsets(cfg["model"], cfg["data"]["lang_dir"], exp_dir)

@@ -28,7 +28,7 @@ from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from kdasr.config import check_config, deep_merge, save_config
+from kdasr.config import check_config, deep_merge
 from kdasr.data.dataset import AsrDataset, spec_augment_from_config
 from kdasr.data.features import load_cmvn
 from kdasr.data.subsets import hold_back_transcripts
@@ -427,7 +427,6 @@ class Trainer:
     def fit(self, resume: bool = True) -> TrainState:
         tcfg = self.cfg["train"]
         if self.is_main:
-            save_config(self.cfg, self.exp_dir / "config.yaml")
             self.tb = SummaryWriter(str(self.exp_dir / "tensorboard"))
         if resume:
             path = latest_checkpoint(self.exp_dir)
