@@ -53,13 +53,14 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 import yaml
-from lhotse import CutSet, NumpyHdf5Writer
+from lhotse import CutSet
 from lhotse.array import Array, TemporalArray
 from lhotse.cut import Cut
 from lhotse.utils import fastcopy
 from tqdm import tqdm
 
 from kdasr.models.common import SUBSAMPLING, output_lengths
+from kdasr.utils.h5 import MemoryHdf5Writer
 from kdasr.utils.io import Pathlike, atomic_path, atomic_write_text, save_manifest
 
 FRAME_SHIFT = 0.04
@@ -412,21 +413,27 @@ class SoftLabelWriter:
         name = _chunk_name(self.job, self._next_chunk)
         rel_h5 = f"{ARRAYS_DIR}/{name}.h5"
         out_cuts = []
-        with atomic_path(self.archive_dir / rel_h5) as tmp:
-            with NumpyHdf5Writer(tmp, mode="w") as w:
-                for cut, logp, ids in self._pending:
-                    key = _h5_key(cut.id)
+        with MemoryHdf5Writer() as w:  # HDF5 never meets a full disk: Python writes its bytes
+            for cut, logp, ids in self._pending:
+                key = _h5_key(cut.id)
+                m = w.store_array(
+                    key=f"{LOGP_FIELD}/{key}", value=logp, frame_shift=self.meta.frame_shift, temporal_dim=0
+                )
+                c = cut.with_custom(LOGP_FIELD, _set_storage_path(m, rel_h5))
+                if ids is not None:
                     m = w.store_array(
-                        key=f"{LOGP_FIELD}/{key}", value=logp, frame_shift=self.meta.frame_shift, temporal_dim=0
+                        key=f"{IDS_FIELD}/{key}", value=ids, frame_shift=self.meta.frame_shift, temporal_dim=0
                     )
-                    c = cut.with_custom(LOGP_FIELD, _set_storage_path(m, rel_h5))
-                    if ids is not None:
-                        m = w.store_array(
-                            key=f"{IDS_FIELD}/{key}", value=ids, frame_shift=self.meta.frame_shift, temporal_dim=0
-                        )
-                        c = c.with_custom(IDS_FIELD, _set_storage_path(m, rel_h5))
-                    out_cuts.append(c)
-        save_manifest(CutSet.from_cuts(out_cuts), self.archive_dir / CHUNKS_DIR / f"{name}.jsonl.gz")
+                    c = c.with_custom(IDS_FIELD, _set_storage_path(m, rel_h5))
+                out_cuts.append(c)
+            image = w.image()
+        with atomic_path(self.archive_dir / rel_h5) as tmp:
+            tmp.write_bytes(image)
+        try:
+            save_manifest(CutSet.from_cuts(out_cuts), self.archive_dir / CHUNKS_DIR / f"{name}.jsonl.gz")
+        except BaseException:  # arrays without their manifest are no chunk: leave none behind
+            (self.archive_dir / rel_h5).unlink(missing_ok=True)
+            raise
         if self._done is not None:
             self._done.update(self._pending_ids)
         self.num_written += len(out_cuts)
@@ -446,8 +453,9 @@ class SoftLabelWriter:
     def __enter__(self) -> "SoftLabelWriter":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if not (exc_type is not None and issubclass(exc_type, OSError)):  # a full disk: no second try
+            self.close()
 
 
 def merge_jobs(archive_dir: Pathlike) -> CutSet:
