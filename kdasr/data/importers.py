@@ -45,7 +45,7 @@ from lhotse.utils import fastcopy
 
 from kdasr.data.errors import DataError
 from kdasr.data.validate import format_report, non_finite_in_file, num_problems, validate_cuts
-from kdasr.utils.io import Pathlike, atomic_path
+from kdasr.utils.io import NotUtf8Error, Pathlike, atomic_path, read_utf8
 
 __all__ = [
     "DataError",
@@ -284,10 +284,7 @@ def _manifests_from_items(
 
 def _read_table(path: Path, problems: _Problems) -> tuple[dict[str, str], dict[str, int]]:
     """A Kaldi ``key rest`` table: (key -> rest, key -> line number); duplicate keys are reported and dropped."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text: {e}") from e
+    lines = read_utf8(path).splitlines()
     mapping: dict[str, str] = {}
     line_of: dict[str, int] = {}
     dups: dict[str, list[int]] = {}
@@ -523,10 +520,7 @@ def import_tsv(
     tsv_path, out_dir = Path(tsv_path), Path(out_dir)
     if not tsv_path.is_file():
         raise DataError(f"TSV list {tsv_path} does not exist")
-    try:
-        lines = tsv_path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise DataError(f"{tsv_path} is not UTF-8 text: {e}") from e
+    lines = read_utf8(tsv_path).splitlines()
     problems = _Problems(part)
     items: list[_Item] = []
     first = True
@@ -772,12 +766,12 @@ def _aurora4_transcripts(roots: list[Path], utt_ids: set[str]) -> dict[str, str]
             if suffix not in (".dot", ".lsn", ".txt") or not f.is_file():
                 continue
             try:
-                content = f.read_text(encoding="utf-8")
-            except UnicodeDecodeError as e:
+                content = read_utf8(f)
+            except NotUtf8Error as e:
                 if suffix == ".txt" and f.stem.lower() not in utt_ids:
                     logging.debug("skipping %s (not UTF-8): %s", f, e)
                     continue
-                raise DataError(f"transcript file {f} is not UTF-8 text: {e}") from e
+                raise
             if suffix == ".txt" and f.stem.lower() in utt_ids:
                 put("utt_txt", f.stem.lower(), _norm_text(content))
                 continue

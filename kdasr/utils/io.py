@@ -30,6 +30,25 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+class NotUtf8Error(KdasrError, ValueError):
+    """A text file (transcripts, lexicon, Kaldi table) that is not UTF-8; the message names the line."""
+
+
+def read_utf8(path: Pathlike) -> str:
+    """The text of ``path``, or a NotUtf8Error naming the line and column of the first bad byte
+    (Python's own error gives only a byte offset into the file)."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+        line = data.count(b"\n", 0, e.start) + 1
+        raise NotUtf8Error(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column "
+            f"{e.start - line_start + 1} of the line); re-encode it, e.g. iconv -f latin1 -t utf-8"
+        ) from None
+
+
 def no_space_errno(e: BaseException) -> Optional[int]:
     """The errno of ``e`` when it says the disk (or quota, or file-size limit) is full, else None.
 
