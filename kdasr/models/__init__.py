@@ -20,6 +20,7 @@ __all__ = [
     "AcousticModel",
     "GlobalCMVN",
     "build_model",
+    "check_model_config",
     "list_models",
     "macs_per_second",
     "make_pad_mask",
@@ -63,17 +64,9 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_model(
-    model_cfg: Mapping[str, Any],
-    num_features: int,
-    vocab_size: int,
-    cmvn: Optional[Mapping[str, Any]] = None,
-) -> AcousticModel:
-    """Build the model ``model_cfg["name"]`` with the remaining keys as its size options.
-
-    ``cmvn`` holds global ``mean``/``std`` (or ``var``) lists; without it the
-    CMVN buffers are the identity and a checkpoint's state dict fills them.
-    """
+def check_model_config(model_cfg: Any) -> type[AcousticModel]:
+    """The class ``model_cfg`` names, after refusing options it does not take or of the wrong type
+    (checked before a run writes anything; the model checks the values themselves)."""
     _load_builtins()
     if not isinstance(model_cfg, Mapping) or "name" not in model_cfg:
         raise ConfigError(f"model config needs a 'name' (one of {', '.join(sorted(_REGISTRY))}); got {model_cfg!r}")
@@ -89,6 +82,22 @@ def build_model(
         for p in inspect.signature(cls.__init__).parameters.values() if p.kind == p.KEYWORD_ONLY
     }
     check_config({"model": options}, {"model": schema})
+    return cls
+
+
+def build_model(
+    model_cfg: Mapping[str, Any],
+    num_features: int,
+    vocab_size: int,
+    cmvn: Optional[Mapping[str, Any]] = None,
+) -> AcousticModel:
+    """Build the model ``model_cfg["name"]`` with the remaining keys as its size options.
+
+    ``cmvn`` holds global ``mean``/``std`` (or ``var``) lists; without it the
+    CMVN buffers are the identity and a checkpoint's state dict fills them.
+    """
+    cls = check_model_config(model_cfg)
+    options = {k: v for k, v in model_cfg.items() if k != "name"}
     return cls(num_features, vocab_size, cmvn, **options)
 
 

@@ -36,7 +36,7 @@ from kdasr.data.tokenizer import Tokenizer
 from kdasr.data.validate import filter_ctc_feasible, format_report, num_problems
 from kdasr.decode.greedy import greedy_search
 from kdasr.distill.losses import ctc_loss_hard
-from kdasr.models import build_model
+from kdasr.models import build_model, check_model_config
 from kdasr.score.wer import compute_wer
 from kdasr.train.checkpoint import (
     latest_checkpoint,
@@ -107,6 +107,7 @@ def resolve_config(cfg: dict) -> dict:
     a typo must not train with the default in its place."""
     cfg = deep_merge(DEFAULTS, cfg)
     check_config(cfg, SCHEMA, TYPES, REQUIRED)
+    check_model_config(cfg["model"])
     return cfg
 
 
