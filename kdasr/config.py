@@ -6,6 +6,7 @@ else, so one file can hold data, model and training sections.
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 import re
 from pathlib import Path
@@ -13,10 +14,11 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import yaml
 
+from kdasr.errors import KdasrError
 from kdasr.utils.io import Pathlike, atomic_write_text
 
 
-class ConfigError(ValueError):
+class ConfigError(KdasrError, ValueError):
     """A config file or override that cannot be used."""
 
 
@@ -127,3 +129,87 @@ def _load_with_base(path: Path, seen: tuple) -> dict:
 def save_config(cfg: Mapping, path: Pathlike) -> None:
     """Write the resolved config (atomically) next to a run's outputs."""
     atomic_write_text(path, yaml.safe_dump(dict(cfg), sort_keys=False))
+
+
+# What a default's type lets a user set, and how a message names it.
+_KINDS: list[tuple[type, tuple[type, ...], str]] = [
+    (bool, (bool,), "true or false"),
+    (int, (int,), "an integer"),
+    (float, (int, float), "a number"),
+    (str, (str,), "a string"),
+    (list, (list, tuple), "a list"),
+    (tuple, (list, tuple), "a list"),
+]
+
+
+def _kind(t: type) -> tuple[tuple[type, ...], str]:
+    for base, accepted, name in _KINDS:
+        if issubclass(t, base):
+            return accepted, name
+    return (t,), t.__name__
+
+
+def _type_problem(key: str, value: Any, expected: type) -> Optional[str]:
+    accepted, name = _kind(expected)
+    # bool is an int to Python, but `epochs: true` is a mistake, not 1 epoch
+    ok = isinstance(value, accepted) and not (isinstance(value, bool) and bool not in accepted)
+    if ok:
+        return None
+    shown = f"{value!r} ({type(value).__name__})" if isinstance(value, str) else yaml.safe_dump(value).strip()
+    shown = shown.removesuffix("\n...").strip()
+    return f"{key}: expected {name}, got {shown}"
+
+
+def _unknown_key(path: list[str], key: str, rest: list[str], valid: Sequence[str], schema: Mapping) -> str:
+    dotted = ".".join(path + [key] + rest)
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    if not close:
+        return f"unknown key {dotted!r} (valid: {', '.join(sorted(valid))})"
+    guess, node = path + close, schema.get(close[0])
+    for k in rest:  # carry the rest of the path over when the guessed section has it
+        if not isinstance(node, Mapping) or k not in node:
+            break
+        guess, node = guess + [k], node[k]
+    return f"unknown key {dotted!r} (did you mean {'.'.join(guess)!r}?)"
+
+
+def _walk(cfg: Mapping, schema: Mapping, path: list[str], types: Mapping[str, type], out: list[str]) -> None:
+    for key, value in cfg.items():
+        dotted = ".".join(path + [str(key)])
+        if key not in schema:
+            rest = []
+            while isinstance(value, Mapping) and len(value) == 1:  # show the whole key a --set typed
+                k, value = next(iter(value.items()))
+                rest.append(str(k))
+            out.append(_unknown_key(path, str(key), rest, [str(k) for k in schema], schema))
+            continue
+        default = schema[key]
+        if isinstance(default, Mapping):
+            if not isinstance(value, Mapping):
+                out.append(f"{dotted}: expected a section (key: value lines), got {value!r}")
+            else:
+                _walk(value, default, path + [str(key)], types, out)
+        elif value is None and (default is None or dotted in types):
+            continue
+        elif default is not None or dotted in types:
+            problem = _type_problem(dotted, value, types.get(dotted, type(default)))
+            if problem:
+                out.append(problem)
+
+
+def check_config(
+    cfg: Mapping, schema: Mapping, types: Mapping[str, type] = {}, required: Sequence[str] = ()
+) -> None:
+    """Refuse keys ``schema`` does not have, values of another type than its default, missing ``required``.
+
+    ``schema`` is a nested dict of defaults: a section is a dict, a leaf's
+    default gives its type (an int is also a number). A leaf whose default is
+    None takes anything (a section a later stage checks, like ``model`` or
+    ``kd``) unless ``types`` names its type by dotted key. Every problem is
+    reported at once, on one line, so a typo never trains with the defaults.
+    """
+    problems: list[str] = []
+    _walk(cfg, schema, [], types, problems)
+    problems += [f"missing required key {key}" for key in required if get_dotted(cfg, key) is None]
+    if problems:
+        raise ConfigError("; ".join(problems))

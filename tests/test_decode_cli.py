@@ -14,6 +14,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 from lhotse import CutSet, MonoCut, SupervisionSegment
+from lhotse.utils import fastcopy
 from synth import GRAPH_WORDS, LM_TEXTS, ambiguous, make_char_lang, make_feature_cuts, random_peaky
 
 import kdasr.decode.run as run_module
@@ -165,3 +166,22 @@ def test_real_checkpoint_end_to_end(tmp_path) -> None:
     assert parallel["wer"] == serial["wer"]
     assert ((tmp_path / "parallel" / "recogs-test-wfst.txt").read_text()
             == (tmp_path / "serial" / "recogs-test-wfst.txt").read_text())
+
+
+def test_references_outside_the_token_set_are_scored_as_written(tmp_path) -> None:
+    """A test transcript with a character the token set lacks: decoded anyway, its cut named in a warning."""
+    cuts = make_feature_cuts(tmp_path / "feats", num_cuts=4)
+    tok = build_char_lang([c.supervisions[0].text for c in cuts], tmp_path / "lang")
+    odd = cuts[1].id
+    cuts = CutSet.from_cuts(fastcopy(c, supervisions=[fastcopy(c.supervisions[0], text="ÉTÉ " + c.supervisions[0].text)])
+                            if c.id == odd else c for c in cuts)
+    test = tmp_path / "cuts_test.jsonl.gz"
+    save_manifest(cuts, test)
+    setup = {"ckpt": write_checkpoint(tmp_path / "model.pt", tok), "lang": tmp_path / "lang"}
+    summary = decode(setup, tmp_path / "out", test)
+    words = sum(len(c.supervisions[0].text.split()) for c in cuts)
+    assert summary["ref_words"] == words  # the odd word is scored, as an error
+    assert summary["refs_outside_token_set"] == [odd]
+    assert "ÉTÉ" in (tmp_path / "out" / "recogs-test-greedy.txt").read_text()
+    log = (tmp_path / "out" / "log" / "decode.log").read_text()
+    assert "outside the token set" in log and odd in log

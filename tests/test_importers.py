@@ -374,3 +374,35 @@ def test_kdasr_executable_imports_tsv(tsv_corpus: Path, tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert [c.id for c in check_part(out, "test")] == ["a1", "a2"]
+
+
+def _nan_wav(path: Path, bad: float = np.nan) -> Path:
+    """A float WAV (the only PCM kind that can hold them) with one NaN or Inf sample."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = (0.1 * np.sin(np.arange(4800) / 5.0)).astype(np.float32)
+    x[1000] = bad
+    sf.write(path, x, 16000, subtype="FLOAT")
+    return path
+
+
+def test_non_finite_audio_refused_naming_the_utterance(tmp_path: Path) -> None:
+    """fbank would crash on them inside lilcom; the importer names them instead."""
+    d = tmp_path / "c"
+    write_audio(d / "ok.wav")
+    _nan_wav(d / "nan.wav")
+    _nan_wav(d / "inf.wav", np.inf)
+    (d / "list.tsv").write_text("ok.wav\tfine\nnan.wav\tbad one\ninf.wav\tbad two\n")
+    out = tmp_path / "m"
+    with pytest.raises(DataError) as err:
+        import_tsv(d / "list.tsv", out, "train")
+    msg = str(err.value)
+    assert "nan [non_finite_audio]" in msg and "inf [non_finite_audio]" in msg and "1 NaN/Inf" in msg
+    assert "ok [" not in msg
+    assert_no_manifests(out)
+    k = tmp_path / "kdir"
+    k.mkdir()
+    (k / "wav.scp").write_text(f"ok {d / 'ok.wav'}\nnan {d / 'nan.wav'}\npiped cat {d / 'inf.wav'} |\n")
+    (k / "text").write_text("ok A\nnan B\npiped C\n")
+    with pytest.raises(DataError) as err:
+        import_kaldi_dir(k, tmp_path / "m2", "train")
+    assert "nan [non_finite_audio]" in str(err.value) and "piped [non_finite_audio]" in str(err.value)

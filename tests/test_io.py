@@ -1,8 +1,9 @@
+import errno
 from pathlib import Path
 
 import pytest
 
-from kdasr.utils.io import atomic_path, atomic_write_text, file_sha256
+from kdasr.utils.io import NoSpaceError, atomic_path, atomic_write_text, file_sha256
 
 
 def test_atomic_path_renames_on_success_and_keeps_suffix(tmp_path: Path):
@@ -41,3 +42,17 @@ def test_atomic_files_get_normal_permissions(tmp_path: Path):
     os.umask(umask)
     atomic_write_text(tmp_path / "f.txt", "x")
     assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
+                                   RuntimeError("HDF5: file write failed: errno = 28, error message = 'No space'")])
+def test_a_full_disk_is_named_with_the_path(tmp_path: Path, error: Exception):
+    target = tmp_path / "out.bin"
+    with pytest.raises(NoSpaceError) as err:
+        with atomic_path(target):
+            raise error
+    assert str(err.value) == f"cannot write {target}: No space left on device (nothing of it was kept)"
+    assert err.value.errno == errno.ENOSPC and list(tmp_path.iterdir()) == []
+    with pytest.raises(OSError, match="Permission"):  # other errors pass through as they are
+        with atomic_path(target):
+            raise PermissionError("Permission denied")

@@ -18,7 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent / "kdasr"
 
 LAYERS: list[set[str]] = [
-    {"kdasr", "kdasr.utils"},
+    {"kdasr", "kdasr.errors"},
+    {"kdasr.utils"},
     {"kdasr.config"},
     {"kdasr.registry"},
     {"kdasr.data", "kdasr.score"},

@@ -61,8 +61,10 @@ def test_registry_lists_and_rejects():
         build_model({"name": "lstmm"}, F, V)
     with pytest.raises(ValueError, match="needs a 'name'"):
         build_model({"hidden": 3}, F, V)
-    with pytest.raises(ValueError, match="no option.*widht.*accepts: channels"):
+    with pytest.raises(ValueError, match=r"unknown key 'model.widht' \(valid: channels, dropout"):
         build_model({"name": "cnn", "widht": 3}, F, V)
+    with pytest.raises(ValueError, match=r"model.hidden: expected an integer, got 'big' \(str\)"):
+        build_model({"name": "vgg", "hidden": "big"}, F, V)
     with pytest.raises(ValueError, match="kernel_size must be odd"):
         build_model({"name": "cnn", "kernel_size": 4}, F, V)
     with pytest.raises(ValueError, match=r"dilations \[1\] must give one value >= 1 per temporal layer \(num_layers=2\)"):

@@ -104,6 +104,10 @@ def test_nan_batch_is_skipped_and_logged(synth_data, tmp_path):
     skipped = [line for line in log.splitlines() if "non-finite loss" in line]
     assert len(skipped) == 1 and "nan-005" in skipped[0]
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    # The skipped batch's forward pass must not leave its statistics behind either.
+    assert all(torch.isfinite(b).all() for b in trainer.model.buffers())
+    tracked = {int(m.num_batches_tracked) for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm1d)}
+    assert tracked == {trainer.state.step - 1}
 
 
 def test_early_stopping_waits_while_dev_loss_falls(synth_data, tmp_path, monkeypatch):
@@ -147,3 +151,75 @@ def test_average_refuses_different_networks(synth_data, tmp_path):
     torch.save({"model": {"w": torch.zeros(3)}}, b)
     with pytest.raises(ValueError, match="different network"):
         average_checkpoints([a, b])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trian.epochs=1", "unknown key 'trian.epochs' (did you mean 'train.epochs'?)"),
+    ("train.epoch=1", "unknown key 'train.epoch' (did you mean 'train.epochs'?)"),
+    ("train.lr=abc", "train.lr: expected a number, got 'abc' (str)"),
+    ("model.chanels=8", "unknown key 'model.chanels' (did you mean 'model.channels'?)"),
+    ("model.num_layers=two", "model.num_layers: expected an integer, got 'two' (str)"),
+    ("data.lang_dir=", "missing required key data.lang_dir"),
+])
+def test_config_mistakes_stop_before_training_in_one_line(synth_data, tmp_path, override, message):
+    exp = tmp_path / "exp"
+    res = CliRunner().invoke(cli, ["train", str(synth_data["config"]), "--exp-dir", str(exp), "--set", override])
+    assert res.exit_code == 1
+    assert res.output.strip() == f"Error: {message}"
+    assert not (exp / "config.yaml").exists() and not list(exp.glob("*.pt"))
+
+
+def test_config_mistake_traceback_only_with_verbose(synth_data, tmp_path):
+    args = ["train", str(synth_data["config"]), "--exp-dir", str(tmp_path / "e"), "--set", "train.lr=abc"]
+    quiet = subprocess.run(_kdasr(*args), capture_output=True, text=True)
+    assert quiet.returncode == 1 and "Traceback" not in quiet.stderr
+    assert quiet.stderr.strip().splitlines() == ["Error: train.lr: expected a number, got 'abc' (str)"]
+    loud = subprocess.run(_kdasr("-v", *args), capture_output=True, text=True)
+    assert loud.returncode == 1 and "Traceback" in loud.stderr and "ConfigError" in loud.stderr
+
+
+def test_resume_refuses_a_changed_config_before_writing(synth_data, tmp_path):
+    exp = tmp_path / "exp"
+    base = ["train", str(synth_data["config"]), "--exp-dir", str(exp), "--set", "train.save_every_n=0"]
+    run = lambda *extra: CliRunner().invoke(cli, [*base, "--set", "train.epochs=1", *extra])  # noqa: E731
+    assert run().exit_code == 0
+    saved, ckpts = (exp / "config.yaml").read_bytes(), sorted(p.name for p in exp.glob("*.pt"))
+    res = run("--set", "train.lr=5e-4", "--set", "model.channels=16")
+    assert res.exit_code == 1
+    assert "resuming would change model.channels: 32 -> 16, train.lr: 0.003 -> 0.0005." in res.output
+    assert (exp / "config.yaml").read_bytes() == saved and sorted(p.name for p in exp.glob("*.pt")) == ckpts
+    res = CliRunner().invoke(cli, [*base, "--set", "train.epochs=2"])  # more epochs: safe
+    assert res.exit_code == 0, res.output
+    assert yaml.safe_load((exp / "config.yaml").read_text())["train"]["epochs"] == 2 and (exp / "epoch-2.pt").exists()
+    log = (exp / "log" / "train.log").read_text()
+    assert "resuming with train.epochs changed: 1 -> 2" in log and "resumed from" in log
+    res = CliRunner().invoke(cli, [*base, "--set", "train.epochs=2", "--set", "train.lr=5e-4",
+                                   "--allow-config-change", "train.lr"])
+    assert res.exit_code == 0, res.output
+    assert yaml.safe_load((exp / "config.yaml").read_text())["train"]["lr"] == 5e-4
+    res = CliRunner().invoke(cli, [*base, "--set", "train.epochs=3", "--set", "train.lr_anneal=true",
+                                   "--allow-config-change", "train.lr_anneal"])
+    assert res.exit_code == 1 and "train.epochs: 2 -> 3" in res.output  # the annealing depends on it
+
+
+def test_second_run_on_one_exp_dir_stops_naming_the_holder(synth_data, tmp_path):
+    exp = tmp_path / "exp"
+    args = ["train", str(synth_data["config"]), "--exp-dir", str(exp), "--set", "train.epochs=1000"]
+    first = subprocess.Popen(_kdasr(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (exp / "checkpoints").is_dir():
+            assert first.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        t0 = time.time()
+        second = subprocess.run(_kdasr(*args), capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1 and time.time() - t0 < 60
+        assert f"is in use by another kdasr train: PID {first.pid} " in second.stderr
+        assert "Traceback" not in second.stderr and len(second.stderr.strip().splitlines()) == 1
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # A killed holder leaves the lock file, not the lock.
+    third = subprocess.run(_kdasr(*args[:-1], "train.epochs=1", "--set", "train.save_every_n=0"),
+                           capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr[-2000:]

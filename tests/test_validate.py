@@ -171,6 +171,24 @@ def test_validate_manifest_dir(manifest_dir: Path) -> None:
     assert reports["train"]["ids"] == {"ctc_infeasible": ["a2"]}
 
 
+def test_validate_read_data_names_non_finite_audio(tmp_path: Path) -> None:
+    """Audio with NaN samples (a manifest written by hand or another tool) is named by cut."""
+    x = np.zeros(1600, dtype=np.float32)
+    x[10] = np.nan
+    sf.write(tmp_path / "n.wav", x, 16000, subtype="FLOAT")
+    rec = Recording.from_file(tmp_path / "n.wav", recording_id="n")
+    sup = SupervisionSegment(id="n", recording_id="n", start=0, duration=rec.duration, text="a")
+    out = tmp_path / "m"
+    out.mkdir()
+    CutSet.from_cuts([MonoCut(id="n", start=0, duration=rec.duration, channel=0, recording=rec,
+                              supervisions=[sup])]).to_file(out / "cuts_x.jsonl.gz")
+    assert validate_manifest_dir(out)["x"]["counts"] == {}  # not read: cannot tell
+    report = validate_manifest_dir(out, read_data=True)["x"]
+    assert report["ids"] == {"non_finite_audio": ["n"]}
+    res = CliRunner().invoke(cli, ["prepare", "validate", "--manifest-dir", str(out), "--read-data"])
+    assert res.exit_code == 1 and "non_finite_audio: 1" in res.output and "    n  (1 NaN/Inf" in res.output
+
+
 def test_cli_validate(manifest_dir: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(cli, ["prepare", "validate", "--manifest-dir", str(manifest_dir), "--parts", "train"])

@@ -9,6 +9,7 @@ import importlib
 import click
 
 from kdasr import __version__
+from kdasr.errors import KdasrError
 from kdasr.utils.logging import setup_logging
 
 # (module, attribute) of each top-level command, in the order --help lists them.
@@ -28,7 +29,20 @@ COMMANDS = [
 ]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+class _Group(click.Group):
+    """Prints a user's mistake (KdasrError) as click's one line ``Error: ...`` (exit 1);
+    ``kdasr -v`` shows the traceback instead."""
+
+    def invoke(self, ctx: click.Context) -> None:
+        try:
+            return super().invoke(ctx)
+        except KdasrError as e:
+            if ctx.params.get("verbose"):
+                raise
+            raise click.ClickException(str(e)) from e
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="kdasr")
 @click.option("-v", "--verbose", count=True, help="More log output (debug level).")
 def cli(verbose: int) -> None:

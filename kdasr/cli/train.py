@@ -16,16 +16,22 @@ from kdasr.config import load_config
               help="Override a config value, e.g. --set train.lr=5e-4 (repeatable).")
 @click.option("--resume/--no-resume", default=True,
               help="Continue from the latest checkpoint in --exp-dir if there is one.")
-def train(configs: tuple[Path, ...], exp_dir: Path, overrides: tuple[str, ...], resume: bool) -> None:
+@click.option("--allow-config-change", "allow", multiple=True, metavar="KEY",
+              help="On resume, accept a changed value of KEY (dotted key or section; repeatable). "
+                   "train.epochs, max_steps, early_stop_patience and the logging/saving keys are accepted always.")
+def train(configs: tuple[Path, ...], exp_dir: Path, overrides: tuple[str, ...], resume: bool,
+          allow: tuple[str, ...]) -> None:
     """Train a model (teacher or student) with CTC, optionally with knowledge distillation.
 
     CONFIGS are YAML files merged in order (later ones win) with data, model,
     train (and kd) sections, e.g. conf/train.yaml conf/model_cnn.yaml. Under
     torchrun every rank runs this same command (DDP; gloo on CPU, nccl on GPU).
+    A second run on the same --exp-dir stops at once, naming the PID that holds it;
+    a resumed run refuses a config that changes it (see --allow-config-change).
     """
     from kdasr.train.build import train_from_config
 
-    train_from_config(load_config(configs, overrides), exp_dir, resume=resume)
+    train_from_config(load_config(configs, overrides), exp_dir, resume=resume, allow_config_change=allow)
 
 
 @click.command()

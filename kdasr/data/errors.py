@@ -5,6 +5,8 @@ and turn it into a clean one-line error without loading the data stack.
 """
 from __future__ import annotations
 
+from kdasr.errors import KdasrError
 
-class DataError(Exception):
+
+class DataError(KdasrError):
     """Input data that cannot be used as given; the message names the file or utterance."""

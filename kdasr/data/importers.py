@@ -44,8 +44,8 @@ from lhotse.kaldi import load_kaldi_data_dir, load_kaldi_text_mapping
 from lhotse.utils import fastcopy
 
 from kdasr.data.errors import DataError
-from kdasr.data.validate import format_report, num_problems, validate_cuts
-from kdasr.utils.io import Pathlike, atomic_path
+from kdasr.data.validate import format_report, non_finite_in_file, num_problems, validate_cuts
+from kdasr.utils.io import NotUtf8Error, Pathlike, atomic_path, read_utf8
 
 __all__ = [
     "DataError",
@@ -71,6 +71,7 @@ MALFORMED = "malformed_entry"
 UNKNOWN_RECORDING = "unknown_recording"
 BAD_RECORDING = "recording_rejected"
 UNKNOWN_CONDITION = "unknown_condition"
+NON_FINITE = "non_finite_audio"
 
 # A segment may end this much after its recording (rounding in segments files); it is clipped.
 SEGMENT_END_TOLERANCE = 0.01
@@ -227,6 +228,8 @@ def _recording_from_file(
         problems.add(rec_id, SAMPLE_RATE, f"{where}: {path} is {rec.sampling_rate} Hz, expected {sampling_rate} Hz")
     elif rec.num_channels != 1:
         problems.add(rec_id, NOT_MONO, f"{where}: {path} has {rec.num_channels} channels, kdasr expects mono")
+    elif bad := non_finite_in_file(path):
+        problems.add(rec_id, NON_FINITE, f"{where}: {path} holds {bad} NaN/Inf sample(s)")
     else:
         return rec
     return None
@@ -281,10 +284,7 @@ def _manifests_from_items(
 
 def _read_table(path: Path, problems: _Problems) -> tuple[dict[str, str], dict[str, int]]:
     """A Kaldi ``key rest`` table: (key -> rest, key -> line number); duplicate keys are reported and dropped."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text: {e}") from e
+    lines = read_utf8(path).splitlines()
     mapping: dict[str, str] = {}
     line_of: dict[str, int] = {}
     dups: dict[str, list[int]] = {}
@@ -304,8 +304,8 @@ def _read_table(path: Path, problems: _Problems) -> tuple[dict[str, str], dict[s
     return mapping, line_of
 
 
-def _probe_kaldi_entry(value: str) -> tuple[int, int]:
-    """(sampling rate, samples) of a wav.scp entry: a file, or a command piping audio to stdout."""
+def _probe_kaldi_entry(value: str) -> tuple[int, int, int]:
+    """(sampling rate, samples, NaN/Inf samples) of a wav.scp entry: a file, or a command piping audio to stdout."""
     if value.endswith("|"):
         # The same shell lhotse uses when it later runs the command to load the audio.
         proc = subprocess.run(value[:-1], shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -316,9 +316,11 @@ def _probe_kaldi_entry(value: str) -> tuple[int, int]:
             meta = audio_info(io.BytesIO(proc.stdout))
         except Exception as e:
             raise RuntimeError(f"command output is not audio: {_audio_error(io.BytesIO(proc.stdout), e)}") from e
+        bad = non_finite_in_file(io.BytesIO(proc.stdout))
     else:
         meta = audio_info(value)
-    return int(meta.samplerate), int(meta.frames)
+        bad = non_finite_in_file(value)
+    return int(meta.samplerate), int(meta.frames), bad
 
 
 def _write_table(path: Path, rows: Iterable[tuple[str, Any]]) -> None:
@@ -331,7 +333,7 @@ def _kaldi_recordings(
     """Check and measure every wav.scp entry: (id -> source, id -> seconds, id -> line, rate)."""
     wavs, wav_line = _read_table(wav_scp, problems)
     sources: dict[str, str] = {}
-    measured: dict[str, tuple[int, int]] = {}
+    measured: dict[str, tuple[int, int, int]] = {}
     for rec_id, value in wavs.items():
         where = f"{wav_scp}:{wav_line[rec_id]}: recording {rec_id}"
         if not value:
@@ -353,15 +355,17 @@ def _kaldi_recordings(
         sources[rec_id] = value
     if not measured and not problems:
         raise DataError(f"{wav_scp} lists no recordings")
-    rates = Counter(sr for sr, _ in measured.values())
+    rates = Counter(sr for sr, _, _ in measured.values())
     rate = sampling_rate or (rates.most_common(1)[0][0] if rates else 16000)
     durations: dict[str, float] = {}
-    for rec_id, (sr, n) in measured.items():
+    for rec_id, (sr, n, bad) in measured.items():
         where = f"{wav_scp}:{wav_line[rec_id]}: recording {rec_id}"
         if sr != rate:
             problems.add(rec_id, SAMPLE_RATE, f"{where} is {sr} Hz, expected {rate} Hz")
         elif n == 0:
             problems.add(rec_id, EMPTY_AUDIO, f"{where} holds no samples")
+        elif bad:
+            problems.add(rec_id, NON_FINITE, f"{where} holds {bad} NaN/Inf sample(s)")
         else:
             durations[rec_id] = n / sr
     return sources, durations, wav_line, rate
@@ -543,10 +547,7 @@ def import_tsv(
     tsv_path, out_dir = Path(tsv_path), Path(out_dir)
     if not tsv_path.is_file():
         raise DataError(f"TSV list {tsv_path} does not exist")
-    try:
-        lines = tsv_path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise DataError(f"{tsv_path} is not UTF-8 text: {e}") from e
+    lines = read_utf8(tsv_path).splitlines()
     problems = _Problems(part)
     items: list[_Item] = []
     first = True
@@ -623,6 +624,10 @@ def _check_recipe_part(
             problems.add(
                 rec.id, SAMPLE_RATE, f"{where}: recording {rec.id} is {rec.sampling_rate} Hz, expected {sampling_rate} Hz"
             )
+            continue
+        src = rec.sources[0]
+        if len(rec.sources) == 1 and src.type == "file" and (bad := non_finite_in_file(src.source)):
+            problems.add(rec.id, NON_FINITE, f"{where}: recording {rec.id} ({src.source}) holds {bad} NaN/Inf sample(s)")
             continue
         kept_recs[rec.id] = rec
     sup_counts = Counter(s.id for s in sups)
@@ -788,12 +793,12 @@ def _aurora4_transcripts(roots: list[Path], utt_ids: set[str]) -> dict[str, str]
             if suffix not in (".dot", ".lsn", ".txt") or not f.is_file():
                 continue
             try:
-                content = f.read_text(encoding="utf-8")
-            except UnicodeDecodeError as e:
+                content = read_utf8(f)
+            except NotUtf8Error as e:
                 if suffix == ".txt" and f.stem.lower() not in utt_ids:
                     logging.debug("skipping %s (not UTF-8): %s", f, e)
                     continue
-                raise DataError(f"transcript file {f} is not UTF-8 text: {e}") from e
+                raise
             if suffix == ".txt" and f.stem.lower() in utt_ids:
                 put("utt_txt", f.stem.lower(), _norm_text(content))
                 continue

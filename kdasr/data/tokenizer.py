@@ -27,7 +27,7 @@ from typing import Iterable, Mapping, Optional, Sequence, Union
 import yaml
 
 from kdasr.data.errors import DataError
-from kdasr.utils.io import Pathlike, atomic_path, atomic_write_text, file_sha256
+from kdasr.utils.io import Pathlike, atomic_path, atomic_write_text, file_sha256, read_utf8
 
 BLANK = "<blk>"
 UNK = "<unk>"
@@ -292,7 +292,7 @@ def read_tokens(path: Pathlike) -> list[str]:
     if not path.is_file():
         raise LangError(f"{path} does not exist")
     by_id: dict[int, str] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(read_utf8(path).splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split()
@@ -318,7 +318,7 @@ def read_lexicon(path: Pathlike) -> "OrderedDict[str, list[str]]":
     if not path.is_file():
         raise LangError(f"lexicon {path} does not exist")
     lexicon: OrderedDict[str, list[str]] = OrderedDict()
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(read_utf8(path).splitlines(), 1):
         parts = line.split()
         if not parts:
             continue

@@ -11,11 +11,14 @@ stage left out and why. A report is a plain dict (JSON/YAML friendly)::
 """
 from __future__ import annotations
 
+import io
 import logging
 import math
 from pathlib import Path
-from typing import Any, Iterable, Optional, Protocol, Sequence
+from typing import Any, Iterable, Optional, Protocol, Sequence, Union
 
+import numpy as np
+import soundfile
 from lhotse import CutSet, load_manifest, validate, validate_recordings_and_supervisions
 from lhotse.utils import compute_num_frames
 
@@ -24,6 +27,8 @@ from kdasr.utils.io import Pathlike
 
 __all__ = [
     "DataError",
+    "non_finite_samples",
+    "non_finite_in_file",
     "new_report",
     "add_problem",
     "num_problems",
@@ -45,6 +50,7 @@ DUPLICATE_ID = "duplicate_id"
 UNMAPPABLE = "unmappable_text"
 INFEASIBLE = "ctc_infeasible"
 MANIFESTS = "recordings_supervisions"
+NON_FINITE = "non_finite_audio"
 
 
 class _Encoder(Protocol):
@@ -93,13 +99,32 @@ def cut_text(cut: Any) -> str:
     return " ".join(" ".join((s.text or "").split()) for s in cut.supervisions).strip()
 
 
+def non_finite_samples(samples: np.ndarray) -> int:
+    """How many samples are NaN or Inf (fbank and lilcom would crash on them, far from the cut)."""
+    return int(np.count_nonzero(~np.isfinite(samples)))
+
+
+def non_finite_in_file(source: Union[Pathlike, io.BytesIO]) -> int:
+    """NaN/Inf samples of an audio file; only float encodings can hold them, so others are not read
+    (nor files libsndfile cannot open: lhotse reads those through codecs that decode to finite values)."""
+    try:
+        info = soundfile.info(source)
+    except soundfile.LibsndfileError:
+        return 0
+    if info.subtype not in ("FLOAT", "DOUBLE"):
+        return 0
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
+    return sum(non_finite_samples(b) for b in soundfile.blocks(source, blocksize=1 << 16, dtype="float32"))
+
+
 def validate_cuts(cuts: Iterable[Any], read_data: bool = False, tolerance: float = 0.01) -> dict:
     """lhotse's per-cut validation plus the kdasr contract (docs/ARCHITECTURE.md, Cuts).
 
     Checks: lhotse ``validate`` (times, recording and feature consistency;
     ``read_data`` also loads audio/features), exactly one supervision that
     spans the whole cut (within ``tolerance`` seconds), non-empty text and
-    unique cut ids.
+    unique cut ids; with ``read_data``, no NaN/Inf audio samples.
     """
     report = new_report()
     seen: set[str] = set()
@@ -114,6 +139,9 @@ def validate_cuts(cuts: Iterable[Any], read_data: bool = False, tolerance: float
         seen.add(cut.id)
         try:
             validate(cut, read_data=read_data)
+            bad = non_finite_samples(cut.load_audio()) if read_data and cut.has_recording else 0
+            if bad:
+                add_problem(report, NON_FINITE, cut.id, f"{bad} NaN/Inf sample(s) in its audio")
         except Exception as e:  # lhotse asserts; a reading failure is a problem of this cut too
             add_problem(report, LHOTSE, cut.id, f"{type(e).__name__}: {e}")
         sups = cut.supervisions

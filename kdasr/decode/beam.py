@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Optional, Union
 
 from kdasr.data.tokenizer import BLANK, UNK, WORD_SEP
 from kdasr.decode.graph import GraphError, arpa_words, load_graph_info, spell_words
-from kdasr.utils.io import Pathlike
+from kdasr.utils.io import Pathlike, read_utf8
 
 if TYPE_CHECKING:
     import torch
@@ -112,7 +112,7 @@ class CtcBeamDecoder:
         """Word → spellings ending in the closing token, or None for lexicon-free search."""
         if self.lexicon_path is not None:
             lexicon: dict[str, list[list[str]]] = {}
-            for line in self.lexicon_path.read_text(encoding="utf-8").splitlines():
+            for line in read_utf8(self.lexicon_path).splitlines():
                 parts = line.split()
                 if len(parts) >= 2:
                     lexicon.setdefault(parts[0], []).append(parts[1:])

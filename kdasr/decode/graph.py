@@ -47,7 +47,7 @@ import kaldifst
 import yaml
 
 from kdasr.data.tokenizer import BLANK, UNK, WORD_SEP, Texts, Tokenizer, UnknownTokenError, iter_texts, texts_from_cuts
-from kdasr.utils.io import Pathlike, atomic_write_text
+from kdasr.utils.io import Pathlike, atomic_write_text, read_utf8
 
 EPS = "<eps>"
 BOS = "<s>"
@@ -82,7 +82,7 @@ def read_lm_texts(path: Pathlike) -> list[str]:
         from lhotse import CutSet
 
         return [text for _, text in texts_from_cuts(CutSet.from_file(path))]
-    return [" ".join(line.split()) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [" ".join(line.split()) for line in read_utf8(path).splitlines() if line.strip()]
 
 
 def train_arpa(texts: Iterable[str], out_path: Pathlike, order: int = 3) -> Path:

@@ -11,7 +11,7 @@ import yaml
 from lhotse import CutSet
 from tqdm import tqdm
 
-from kdasr.data.tokenizer import Tokenizer
+from kdasr.data.tokenizer import Tokenizer, UnknownTokenError
 from kdasr.data.validate import cut_text
 from kdasr.decode import Decoder, make_decoder, scan_lm_weights
 from kdasr.models import macs_per_second
@@ -113,6 +113,17 @@ def write_nbest(path: Path, nbest: dict[str, list[tuple[str, float]]]) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
+def refs_outside_token_set(refs: dict[str, str], tokenizer: Tokenizer) -> list[str]:
+    """Sorted ids of the references that ``tokenizer`` cannot spell."""
+    bad = []
+    for cid, text in refs.items():
+        try:
+            tokenizer.encode(text)
+        except UnknownTokenError:
+            bad.append(cid)
+    return sorted(bad)
+
+
 def set_name(cuts_path: Path) -> str:
     """``cuts_dev_wb.jsonl.gz`` -> ``dev_wb``: the name of a test set in output file names."""
     return Path(cuts_path).name.split(".")[0].removeprefix("cuts_")
@@ -189,6 +200,11 @@ def run_decode(
         if close is not None:
             close()
     refs, hyps = result.refs, result.hyps
+    outside = refs_outside_token_set(refs, tokenizer)
+    if outside:
+        logging.warning("%d reference(s) of %s hold characters outside the token set %s; scored as written "
+                        "(those words can only count as errors): %s", len(outside), cuts_path, lang_dir,
+                        " ".join(outside[:20]) + (f" ... and {len(outside) - 20} more" if len(outside) > 20 else ""))
     split = {k: v.split() for k, v in refs.items()}
     stats = compute_wer(split, {k: v.split() for k, v in hyps.items()})
     conditions = {c.id: c.supervisions[0].custom.get("condition") for c in cuts
@@ -219,6 +235,8 @@ def run_decode(
         "rtf": result.seconds / max(audio_seconds, 1e-9),
         "audio_seconds": audio_seconds,
     }
+    if outside:
+        summary["refs_outside_token_set"] = outside
     if scan_info is not None:
         summary["lm_weight"] = scan_info["best_lm_weight"]
         summary["lm_weight_scan"] = scan_info

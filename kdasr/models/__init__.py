@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping, Optional, TypeVar
 import torch
 from torch import nn
 
+from kdasr.config import ConfigError, check_config
 from kdasr.models.common import AcousticModel, GlobalCMVN, make_pad_mask, output_lengths
 from kdasr.registry import Registry
 
@@ -20,6 +21,7 @@ __all__ = [
     "AcousticModel",
     "GlobalCMVN",
     "build_model",
+    "check_model_config",
     "list_models",
     "macs_per_second",
     "make_pad_mask",
@@ -71,6 +73,28 @@ def model_class(name: str) -> type[AcousticModel]:
     return _REGISTRY.get(name)
 
 
+def check_model_config(model_cfg: Any) -> type[AcousticModel]:
+    """The class ``model_cfg`` names, after refusing options it does not take or of the wrong type
+    (checked before a run writes anything; the model checks the values themselves)."""
+    _load_builtins()
+    if not isinstance(model_cfg, Mapping) or "name" not in model_cfg:
+        raise ConfigError(f"model config needs a 'name' (one of {', '.join(list_models())}); got {model_cfg!r}")
+    options = dict(model_cfg)
+    cls = model_class(options.pop("name"))
+    # utt_norm (per-utterance mean normalization, a level-invariant front end) is an option of every model
+    utt_norm = options.pop("utt_norm", False)
+    if not isinstance(utt_norm, bool):
+        raise ConfigError(f"model.utt_norm must be true or false, got {utt_norm!r}")
+    # The keyword-only defaults are the schema: a scalar or a non-empty list gives its type;
+    # an empty or None default (a nested trunk, subsets from a file) is checked by the model.
+    schema = {
+        p.name: p.default if isinstance(p.default, (bool, int, float, str)) or p.default else None
+        for p in inspect.signature(cls.__init__).parameters.values() if p.kind == p.KEYWORD_ONLY
+    }
+    check_config({"model": options}, {"model": schema})
+    return cls
+
+
 def build_model(
     model_cfg: Mapping[str, Any],
     num_features: int,
@@ -82,26 +106,10 @@ def build_model(
     ``cmvn`` holds global ``mean``/``std`` (or ``var``) lists; without it the
     CMVN buffers are the identity and a checkpoint's state dict fills them.
     """
-    _load_builtins()
-    if not isinstance(model_cfg, Mapping) or "name" not in model_cfg:
-        raise ValueError(f"model config needs a 'name' (one of {', '.join(list_models())}); got {model_cfg!r}")
-    options = dict(model_cfg)
-    name = options.pop("name")
-    utt_norm = options.pop("utt_norm", False)
-    if not isinstance(utt_norm, bool):
-        raise ValueError(f"model option utt_norm must be true or false, got {utt_norm!r}")
-    cls = model_class(name)
-    accepted = [
-        p.name for p in inspect.signature(cls.__init__).parameters.values()
-        if p.kind == p.KEYWORD_ONLY
-    ]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"model {name!r} has no option(s) {', '.join(unknown)}; it accepts: {', '.join(accepted + ['utt_norm'])}"
-        )
+    cls = check_model_config(model_cfg)
+    options = {k: v for k, v in model_cfg.items() if k not in ("name", "utt_norm")}
     model = cls(num_features, vocab_size, cmvn, **options)
-    if utt_norm:  # an option of every model, kept in model_cfg so checkpoints and exports rebuild it
+    if model_cfg.get("utt_norm", False):  # an option of every model, kept in model_cfg so checkpoints and exports rebuild it
         model.utt_norm = True
         model.options["utt_norm"] = True
     return model

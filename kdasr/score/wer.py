@@ -15,7 +15,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 import kaldialign
 
-from kdasr.utils.io import Pathlike, atomic_write_text
+from kdasr.utils.io import Pathlike, atomic_write_text, read_utf8
 
 #: how a gap prints in alignments (icefall's ERR); in memory a gap is ``None``
 EPS = "*"
@@ -273,7 +273,7 @@ def write_wer_summary(path: Pathlike, name_to_wer: Mapping[str, float]) -> None:
 def read_text_file(path: Pathlike) -> dict[str, list[str]]:
     """Kaldi ``text``: ``id word word ...`` per line; an id alone is an empty transcript."""
     out: dict[str, list[str]] = {}
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_utf8(path).splitlines(), 1):
         fields = line.split()
         if not fields:
             continue
@@ -286,7 +286,7 @@ def read_text_file(path: Pathlike) -> dict[str, list[str]]:
 def read_conditions_file(path: Pathlike) -> dict[str, str]:
     """``id condition`` per line (e.g. Aurora-4's A/B/C/D), for the per-condition breakdown."""
     out: dict[str, str] = {}
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_utf8(path).splitlines(), 1):
         fields = line.split()
         if not fields:
             continue

@@ -7,21 +7,26 @@ CTC for the specialist ensemble. What a model reads besides the features
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from pathlib import Path
+import contextlib
+import os
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from lhotse import CutSet
 
-from kdasr.config import deep_merge
 from kdasr.data.tokenizer import Tokenizer
 from kdasr.distill.specialists import SpecialistObjective, resolve_subsets
 from kdasr.distill.strategies import KDObjective, KDTargets
 from kdasr.distill.teachers import check_augmentation_compatible
 from kdasr.models import model_class
 from kdasr.ctc import CtcObjective, Objective
-from kdasr.train.trainer import DEFAULTS, TrainState, Trainer
+from kdasr.train.checkpoint import list_checkpoints
+from kdasr.train.expdir import exp_lock, start_or_resume
+from kdasr.train.trainer import TrainState, Trainer, resolve_config
 from kdasr.utils.io import save_manifest
 
 @dataclass(frozen=True)
@@ -66,9 +71,26 @@ def kd_objective(cfg: dict, exp_dir: Path) -> Optional[Objective]:
     return KDObjective(targets)
 
 
-def train_from_config(cfg: dict, exp_dir: Path, resume: bool = True) -> TrainState:
-    """Hard-label CTC, or knowledge distillation when the config has a ``kd`` section."""
-    cfg = deep_merge(DEFAULTS, cfg)
+def train_from_config(
+    cfg: dict, exp_dir: Path, resume: bool = True, allow_config_change: Sequence[str] = ()
+) -> TrainState:
+    """Hard-label CTC, or knowledge distillation when the config has a ``kd`` section.
+
+    Before anything is written into ``exp_dir``: the config is checked, the
+    directory locked (by rank 0, the one process that writes it) and a resumed
+    run's config compared with the one it was started with; ``config.yaml``
+    then records the config as asked for, before the start-up rewrites below.
+    """
+    cfg = resolve_config(cfg)
+    exp_dir = Path(exp_dir)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    with exp_lock(exp_dir) if is_main else contextlib.nullcontext():
+        has_checkpoint = bool(list_checkpoints(exp_dir, "checkpoint") + list_checkpoints(exp_dir, "epoch"))
+        start_or_resume(cfg, exp_dir, resume, has_checkpoint, allow_config_change, write=is_main)
+        return _train(cfg, exp_dir, resume)
+
+
+def _train(cfg: dict, exp_dir: Path, resume: bool) -> TrainState:
     kind = OBJECTIVES[model_class(cfg["model"]["name"]).objective]
     cfg["model"] = kind.resolve_model_config(cfg["model"], cfg["data"]["lang_dir"], exp_dir)
     objective = kd_objective(cfg, Path(exp_dir))

@@ -5,6 +5,7 @@ rename): a killed job leaves either the previous checkpoint or the new one.
 """
 from __future__ import annotations
 
+import io
 import logging
 import random
 import re
@@ -21,8 +22,12 @@ CHECKPOINT_RE = re.compile(r"^(?:checkpoint|epoch)-(\d+)\.pt$")
 
 
 def save_checkpoint(path: Pathlike, state: dict) -> None:
+    # Serialized in memory, written by Python: torch's own file writer reports a full disk as
+    # "unexpected pos" or "iostream error" and loses the errno, which names the cause.
+    buf = io.BytesIO()
+    torch.save(state, buf)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buf.getbuffer())
 
 
 def rng_state() -> dict:

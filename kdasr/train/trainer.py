@@ -28,7 +28,7 @@ from lhotse.dataset import DynamicBucketingSampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from kdasr.config import ConfigError, deep_merge, save_config
+from kdasr.config import ConfigError, check_config, deep_merge
 from kdasr.data.augment import AUGMENT_DEFAULTS, Augmenter
 from kdasr.data.dataset import AsrDataset
 from kdasr.data.features import load_cmvn
@@ -36,7 +36,7 @@ from kdasr.data.subsets import hold_back_transcripts
 from kdasr.data.tokenizer import Tokenizer
 from kdasr.data.validate import cut_text, filter_ctc_feasible, format_report, num_problems
 from kdasr.ctc import CtcObjective, Objective, ctc_loss_hard, greedy_search
-from kdasr.models import build_model
+from kdasr.models import build_model, check_model_config
 from kdasr.score.wer import compute_wer
 from kdasr.models.checkpoint import load_checkpoint
 from kdasr.models.inference import iter_model_outputs
@@ -86,6 +86,23 @@ DEFAULTS: dict = {
         "log_every_n": 20,
     },
 }
+
+
+# DEFAULTS is the schema of a training config. ``model`` and ``kd`` are checked where they are
+# read (build_model, KDTargets); ``view`` and ``role`` are recipe metadata; paths default to None.
+SCHEMA: dict = {**DEFAULTS, "model": None, "kd": None, "view": None, "role": None}
+TYPES = {"data.train_cuts": str, "data.dev_cuts": str, "data.lang_dir": str, "data.cmvn": str,
+         "view": str, "role": str}
+REQUIRED = ("data.train_cuts", "data.lang_dir")
+
+
+def resolve_config(cfg: dict) -> dict:
+    """``cfg`` over the defaults, refusing unknown keys, values of the wrong type and missing paths:
+    a typo must not train with the default in its place."""
+    cfg = deep_merge(DEFAULTS, cfg)
+    check_config(cfg, SCHEMA, TYPES, REQUIRED)
+    check_model_config(cfg["model"])
+    return cfg
 
 
 def warmup_schedule(
@@ -141,7 +158,7 @@ class Trainer:
     """Train one model described by a resolved config into ``exp_dir``."""
 
     def __init__(self, cfg: dict, exp_dir: Path, objective: Optional[Objective] = None) -> None:
-        self.cfg = deep_merge(DEFAULTS, cfg)
+        self.cfg = resolve_config(cfg)
         self.exp_dir = Path(exp_dir)
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
@@ -153,9 +170,6 @@ class Trainer:
             dist.init_process_group(backend)
         self.is_main = self.rank == 0
         setup_logging(0, self.exp_dir / "log" / ("train.log" if self.is_main else f"train.rank{self.rank}.log"))
-        for key in ("train_cuts", "lang_dir"):
-            if not dcfg.get(key):
-                raise ValueError(f"config needs data.{key}")
         seed_everything(tcfg["seed"])
         self.tokenizer = Tokenizer.from_dir(dcfg["lang_dir"])
         # KD students may learn untranscribed cuts from soft labels alone.
@@ -296,6 +310,9 @@ class Trainer:
         """One optimizer step; returns the loss stats, or None when the batch was skipped."""
         self.ddp_model.train()
         batch = self._to_device(batch)
+        # The forward pass updates BatchNorm statistics before the loss can be checked:
+        # a skipped batch puts them back, or its NaN would reach every later checkpoint.
+        buffers = [b.detach().clone() for b in self.model.buffers()]
         autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
         )
@@ -309,6 +326,9 @@ class Trainer:
                 self.state.step, float(loss.detach()), " ".join(batch["cut_ids"]),
             )
             self.optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for b, saved in zip(self.model.buffers(), buffers):
+                    b.copy_(saved)
             return None
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["train"]["grad_clip"])
         self.optimizer.step()
@@ -373,7 +393,6 @@ class Trainer:
     def fit(self, resume: bool = True) -> TrainState:
         tcfg = self.cfg["train"]
         if self.is_main:
-            save_config(self.cfg, self.exp_dir / "config.yaml")
             self.tb = SummaryWriter(str(self.exp_dir / "tensorboard"))
         if resume:
             path = latest_checkpoint(self.exp_dir)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
-from lhotse import CutSet, NumpyHdf5Writer
+from lhotse import CutSet
 from lhotse.array import Array, TemporalArray
 from lhotse.cut import Cut
 from lhotse.utils import fastcopy
@@ -42,6 +42,7 @@ from kdasr.distill.archive.format import (
     encode_log_probs,
 )
 from kdasr.distill.archive.storage import RawChunkyWriter
+from kdasr.utils.h5 import MemoryHdf5Writer
 from kdasr.utils.io import Pathlike, atomic_path, save_manifest
 
 
@@ -143,10 +144,12 @@ class SoftLabelWriter:
             return
         name = chunk_name(self.job, self._next_chunk)
         rel_path = f"{ARRAYS_DIR}/{name}{arrays_suffix(self.meta)}"
-        writer_cls = NumpyHdf5Writer if self.meta.quantization is None else RawChunkyWriter
         out_cuts = []
         with atomic_path(self.archive_dir / rel_path) as tmp:
-            with writer_cls(tmp, mode="w" if writer_cls is NumpyHdf5Writer else "wb") as w:
+            # HDF5 is built in memory and its bytes written by Python (HDF5 that meets a full disk
+            # half-way segfaults at exit); the raw compact form is written by Python already.
+            hdf5 = self.meta.quantization is None
+            with (MemoryHdf5Writer() if hdf5 else RawChunkyWriter(tmp, mode="wb")) as w:
                 for cut, logp, ids in self._pending:
                     key = _h5_key(cut.id)
                     m = w.store_array(
@@ -161,7 +164,14 @@ class SoftLabelWriter:
                     if self.meta.logp_range is not None:
                         c = c.with_custom(LOGP_RANGE_FIELD, float(self.meta.logp_range))
                     out_cuts.append(c)
-        save_manifest(CutSet.from_cuts(out_cuts), self.archive_dir / CHUNKS_DIR / f"{name}.jsonl.gz")
+                image = w.image() if hdf5 else None
+            if image is not None:
+                tmp.write_bytes(image)
+        try:
+            save_manifest(CutSet.from_cuts(out_cuts), self.archive_dir / CHUNKS_DIR / f"{name}.jsonl.gz")
+        except BaseException:  # arrays without their manifest are no chunk: leave none behind
+            (self.archive_dir / rel_path).unlink(missing_ok=True)
+            raise
         if self._done is not None:
             self._done.update(self._pending_ids)
         self.num_written += len(out_cuts)
@@ -181,8 +191,9 @@ class SoftLabelWriter:
     def __enter__(self) -> "SoftLabelWriter":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if not (exc_type is not None and issubclass(exc_type, OSError)):  # a full disk: no second try
+            self.close()
 
 
 def job_split(cuts: Sequence[Cut], job: int, num_jobs: int) -> list[Cut]:
