@@ -10,10 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from pathlib import Path
-import contextlib
-import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from lhotse import CutSet

@@ -28,7 +28,7 @@ from lhotse.dataset import DynamicBucketingSampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from kdasr.config import ConfigError, check_config, deep_merge
+from kdasr.config import check_config, deep_merge
 from kdasr.data.augment import AUGMENT_DEFAULTS, Augmenter
 from kdasr.data.dataset import AsrDataset
 from kdasr.data.features import load_cmvn
@@ -203,8 +203,6 @@ class Trainer:
             world_size=self.world_size,
             rank=self.rank,
         )
-        if "spec_augment" in tcfg:
-            raise ConfigError("train.spec_augment has moved to data.augment.specaugment (same keys)")
         self.augment = Augmenter(dcfg["augment"], first.sampling_rate, seed=tcfg["seed"])
         if self.is_main:
             logging.info("augmentation: %s", ", ".join(self.augment.active) or "none")
