@@ -200,6 +200,7 @@ class Trainer:
         if not first.has_features:
             raise ValueError(f"cut {first.id} in {dcfg['train_cuts']} has no features: run `kdasr prepare fbank` first")
         self.num_features = first.num_features
+        self.sampling_rate = first.features.sampling_rate  # exports set up the deployment's fbank from it
         cmvn = load_cmvn(dcfg["cmvn"]) if dcfg.get("cmvn") else None
         self.model = build_model(self.cfg["model"], self.num_features, self.tokenizer.vocab_size, cmvn).to(self.device)
         self.objective: Objective = objective if objective is not None else CtcObjective()
@@ -264,6 +265,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "model_cfg": self.cfg["model"],
             "num_features": self.num_features,
+            "sampling_rate": self.sampling_rate,
             "vocab_size": self.tokenizer.vocab_size,
             "lang_hash": self.tokenizer.hash,
             "frame_shift": self.model.frame_shift,
