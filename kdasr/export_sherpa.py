@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Optional
 
 from kdasr.data.knf_fbank import KnfFbankConfig
+from kdasr.data.tokenizer import Tokenizer
 from kdasr.decode.graph import GraphError, load_graph_info
 from kdasr.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportError, export_onnx, require_module
 from kdasr.utils.io import Pathlike, atomic_write_text
@@ -43,6 +44,7 @@ MODEL = "model.onnx"
 MODEL_INT8 = "model.int8.onnx"
 TOKENS = "tokens.txt"
 GRAPH = "TLG.fst"
+GRAPH_FILES = (GRAPH, "words.txt", "graph.yaml")
 #: kaldi-decoder's FasterDecoderOptions default, which sherpa-onnx does not change
 SHERPA_FST_BEAM = 16.0
 SHERPA_FST_MAX_ACTIVE = 3000
@@ -56,12 +58,12 @@ class SherpaExport:
     features: KnfFbankConfig
 
 
-def write_tokens(tokens: list[str], path: Pathlike) -> None:
-    """sherpa-onnx's ``tokens.txt``: ``symbol id`` per line in id order (``<blk> 0`` first)."""
-    bad = [t for t in tokens if not t or any(c.isspace() for c in t)]
-    if bad:
-        raise ExportError(f"tokens {bad[:5]} are empty or hold whitespace: sherpa-onnx's tokens.txt cannot list them")
-    atomic_write_text(path, "".join(f"{t} {i}\n" for i, t in enumerate(tokens)))
+def check_tokens_file(path: Path, tokens: list[str]) -> None:
+    """kdasr's ``tokens.txt`` is already sherpa-onnx's format; make sure of it (ids in order, no spaces in symbols)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    expected = [f"{t} {i}" for i, t in enumerate(tokens)]
+    if lines != expected or any(not t or any(c.isspace() for c in t) for t in tokens):
+        raise ExportError(f"{path} is not a sherpa-onnx tokens.txt ('symbol id' per line, ids 0.. in order)")
 
 
 def quantize_int8(src: Pathlike, dst: Pathlike) -> None:
@@ -77,7 +79,8 @@ def quantize_int8(src: Pathlike, dst: Pathlike) -> None:
         logging.disable(previous)
 
 
-def _graph_file(graph_dir: Pathlike, lang_hash: Optional[str]) -> Path:
+def _copy_graph(graph_dir: Pathlike, lang_hash: Optional[str], dst: Path) -> None:
+    """TLG.fst (sherpa's ctc_graph) and the files kdasr's WFST decoder reads with it, so ``dst`` is a graph dir."""
     graph_dir = Path(graph_dir)
     try:
         info = load_graph_info(graph_dir)
@@ -86,10 +89,14 @@ def _graph_file(graph_dir: Pathlike, lang_hash: Optional[str]) -> Path:
     if lang_hash and info.get("lang_hash") != lang_hash:
         raise ExportError(f"graph {graph_dir} was built for another token set than the checkpoint's "
                           "(lang hash differs): rebuild it with `kdasr graph`")
-    fst = graph_dir / GRAPH
-    if not fst.is_file():
-        raise ExportError(f"graph {graph_dir} has no {GRAPH}")
-    return fst
+    for name in GRAPH_FILES:
+        if not (graph_dir / name).is_file():
+            raise ExportError(f"graph {graph_dir} has no {name}")
+        shutil.copyfile(graph_dir / name, dst / name)
+
+
+def human_size(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
 
 
 def readme_text(name: str, feats: KnfFbankConfig, files: dict[str, int], has_graph: bool) -> str:
@@ -97,7 +104,7 @@ def readme_text(name: str, feats: KnfFbankConfig, files: dict[str, int], has_gra
     rate, dim = feats.sampling_rate, feats.num_mel_bins
     graph_py = ',\n    ctc_graph="TLG.fst",  # optional: CTC + TLG (word LM) search' if has_graph else ""
     graph_cli = " \\\n  --ctc.graph=TLG.fst" if has_graph else ""
-    sizes = "\n".join(f"| {f} | {n / 1e6:.2f} MB |" for f, n in sorted(files.items()))
+    sizes = "\n".join(f"| {f} | {human_size(n)} |" for f, n in sorted(files.items()))
     return f"""# {name}: a kdasr CTC student for sherpa-onnx
 
 | file | size |
@@ -106,9 +113,9 @@ def readme_text(name: str, feats: KnfFbankConfig, files: dict[str, int], has_gra
 
 `model.onnx` takes {dim}-dim log-mel fbank of {rate} Hz audio, computed by
 kaldi-native-fbank as sherpa-onnx computes it from `sample_rate={rate}` and
-`feature_dim={dim}` (10 ms shift, 25 ms Povey window, mel bins {feats.low_freq:g} Hz
-to Nyquist {feats.high_freq:g} Hz, no dither); feature normalisation is inside
-the model. kdasr trained it on the same features. `model.int8.onnx` is the
+`feature_dim={dim}` (10 ms shift, 25 ms Povey window, mel bins from {feats.low_freq:g} Hz
+to {-feats.high_freq:g} Hz below Nyquist, no dither), which is what `kdasr prepare fbank`
+computes; feature normalisation is inside the model. `model.int8.onnx` is the
 same model with int8 weights. Audio at another rate is resampled by sherpa-onnx.
 
 ## Python (`pip install sherpa-onnx soundfile`)
@@ -160,6 +167,10 @@ def export_sherpa(
 ) -> SherpaExport:
     """Write ``out_dir`` with model.onnx (+ its kdasr sidecar), model.int8.onnx, tokens.txt, TLG.fst, README.md.
 
+    The lang files (tokens.txt, lang.yaml, bpe.model or lexicon.txt) and the
+    graph's words.txt and graph.yaml come along, so the directory is also a
+    lang dir and a graph dir for kdasr (``kdasr transcribe DIR``).
+
     Everything is written to a temporary sibling directory renamed into place
     at the end, so ``out_dir`` is either the previous export or a complete new one.
     """
@@ -178,12 +189,14 @@ def export_sherpa(
         if meta["features"] is None:
             raise ExportError(f"{checkpoint} does not record the sample rate of its audio: pass --sample-rate")
         feats = KnfFbankConfig.from_dict(meta["features"])
-        write_tokens(meta["tokens"], tmp / TOKENS)
+        for f in Tokenizer.from_dir(meta["lang_dir"]).defining_files():
+            shutil.copyfile(f, tmp / f.name)
+        check_tokens_file(tmp / TOKENS, meta["tokens"])
         if int8:
             quantize_int8(tmp / MODEL, tmp / MODEL_INT8)
         if graph_dir is not None:
-            shutil.copyfile(_graph_file(graph_dir, meta["lang_hash"]), tmp / GRAPH)
-        files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.suffix in (".onnx", ".fst", ".txt")}
+            _copy_graph(graph_dir, meta["lang_hash"], tmp)
+        files = {n: (tmp / n).stat().st_size for n in (MODEL, MODEL_INT8, TOKENS, GRAPH) if (tmp / n).is_file()}
         name = Path(checkpoint).resolve().parent.name
         atomic_write_text(tmp / "README.md", readme_text(name, feats, files, graph_dir is not None))
         if out_dir.exists():
@@ -196,5 +209,5 @@ def export_sherpa(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    log.info("wrote %s: %s", out_dir, ", ".join(f"{f} ({n / 1e6:.2f} MB)" for f, n in sorted(files.items())))
+    log.info("wrote %s: %s", out_dir, ", ".join(f"{f} ({human_size(n)})" for f, n in sorted(files.items())))
     return SherpaExport(out_dir, files, feats)

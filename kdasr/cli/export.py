@@ -38,7 +38,7 @@ def export(checkpoint: Path, fmt: str, out: Optional[Path], out_dir: Optional[Pa
     """
     from kdasr.cli.common import log_to
     from kdasr.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportError, export_onnx
-    from kdasr.export_sherpa import export_sherpa
+    from kdasr.export_sherpa import export_sherpa, human_size
 
     if fmt == "onnx" and (out is None or out_dir is not None or graph_dir is not None):
         raise click.UsageError("--format onnx writes one file: give --out (not --out-dir or --graph-dir)")
@@ -52,7 +52,7 @@ def export(checkpoint: Path, fmt: str, out: Optional[Path], out_dir: Optional[Pa
             assert out_dir is not None
             log_to(out_dir.parent, f"export_{out_dir.name}")
             res = export_sherpa(checkpoint, out_dir, graph_dir=graph_dir, int8=int8, **opts)
-            click.echo(f"wrote {res.out_dir}: " + ", ".join(f"{f} ({n / 1e6:.2f} MB)" for f, n in sorted(res.files.items())))
+            click.echo(f"wrote {res.out_dir}: " + ", ".join(f"{f} ({human_size(n)})" for f, n in sorted(res.files.items())))
             click.echo(f"see {res.out_dir / 'README.md'} for the sherpa-onnx invocation "
                        f"(sample_rate={res.features.sampling_rate}, feature_dim={res.features.num_mel_bins})")
             return
