@@ -72,7 +72,7 @@ def quantize_int8(src: Pathlike, dst: Pathlike) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     previous = logging.root.manager.disable
-    logging.disable(logging.INFO)  # the quantizer logs a line per tensor
+    logging.disable(logging.WARNING)  # the quantizer logs a line per tensor, and advice for image models
     try:
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QUInt8)
     finally:

@@ -176,11 +176,14 @@ def error_line(e: Exception) -> str:
     return m.group(1).strip() if m else (text.splitlines() or [type(e).__name__])[0]
 
 
-def word_times(logp: torch.Tensor, text: str, tokenizer: Tokenizer, frame_shift: float) -> Optional[list[dict]]:
+def word_times(logp: torch.Tensor, text: str, tokenizer: Tokenizer, frame_shift: float,
+               duration: float) -> Optional[list[dict]]:
     """Word start/end times (s) of ``text`` from its forced alignment on ``logp (T, V)``; None if it does not align.
 
     A token belongs to the word that decoding the tokens up to it ends in;
-    tokens that add no text (a word separator) belong to no word.
+    tokens that add no text (a word separator) belong to no word. The last
+    output frame may reach past the audio (frames are rounded up), so times
+    stop at ``duration``.
     """
     if not text:
         return []
@@ -204,8 +207,8 @@ def word_times(logp: torch.Tensor, text: str, tokenizer: Tokenizer, frame_shift:
         prev = decoded
     if any(a < 0 for a, _ in bounds):
         return None
-    return [{"word": w, "start": round(a * frame_shift, 3), "end": round(b * frame_shift, 3)}
-            for w, (a, b) in zip(words, bounds)]
+    return [{"word": w, "start": round(min(a * frame_shift, duration), 3),
+             "end": round(min(b * frame_shift, duration), 3)} for w, (a, b) in zip(words, bounds)]
 
 
 def _batches(items: list[tuple[Transcript, np.ndarray]], max_frames: int) -> Iterator[list[tuple[Transcript, np.ndarray]]]:
@@ -266,7 +269,7 @@ def transcribe(
             texts = decoder(logp, out_lens)
             for (t, _), text, lp, n in zip(batch, texts, logp, out_lens.tolist()):
                 t.text = text
-                t.words = word_times(lp[:n], text, model.tokenizer, model.frame_shift)
+                t.words = word_times(lp[:n], text, model.tokenizer, model.frame_shift, t.duration)
             bar.update(len(batch))
             done += len(batch)
             if bar.disable and progress:
