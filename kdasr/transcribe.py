@@ -233,8 +233,12 @@ def transcribe(
     decoder_opts: Optional[dict[str, Any]] = None,
     max_duration: float = 200.0,
     progress: bool = True,
+    with_times: bool = True,
 ) -> list[Transcript]:
-    """Transcribe ``paths`` in order; failed files carry ``error`` (one line naming the cause)."""
+    """Transcribe ``paths`` in order; failed files carry ``error`` (one line naming the cause).
+
+    ``with_times``: align each hypothesis for its word times (a forced alignment per file).
+    """
     opts = dict(decoder_opts or {})
     if method == "wfst" and "graph_dir" not in opts and model.graph_dir is not None:
         opts["graph_dir"] = model.graph_dir
@@ -269,7 +273,8 @@ def transcribe(
             texts = decoder(logp, out_lens)
             for (t, _), text, lp, n in zip(batch, texts, logp, out_lens.tolist()):
                 t.text = text
-                t.words = word_times(lp[:n], text, model.tokenizer, model.frame_shift, t.duration)
+                if with_times:
+                    t.words = word_times(lp[:n], text, model.tokenizer, model.frame_shift, t.duration)
             bar.update(len(batch))
             done += len(batch)
             if bar.disable and progress:

@@ -51,7 +51,7 @@ def transcribe(model: Path, audio: tuple[Path, ...], method: str, graph_dir: Opt
         raise click.ClickException(f"no audio files in {', '.join(map(str, audio))}")
     try:
         loaded = load_acoustic_model(model, lang_dir, sample_rate, device, int8, num_threads)
-        results = run(loaded, paths, method, decoder_opts, max_duration)
+        results = run(loaded, paths, method, decoder_opts, max_duration, with_times=as_json)
     except (TranscribeError, ValueError) as e:
         raise click.ClickException(str(e)) from e
     for t in results:
