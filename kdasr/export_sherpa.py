@@ -36,7 +36,7 @@ from kdasr.data.knf_fbank import KnfFbankConfig
 from kdasr.data.tokenizer import Tokenizer
 from kdasr.decode.graph import GraphError, load_graph_info
 from kdasr.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportError, export_onnx, require_module
-from kdasr.utils.io import Pathlike, atomic_write_text
+from kdasr.utils.io import Pathlike, atomic_write_text, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -199,13 +199,7 @@ def export_sherpa(
         files = {n: (tmp / n).stat().st_size for n in (MODEL, MODEL_INT8, TOKENS, GRAPH) if (tmp / n).is_file()}
         name = Path(checkpoint).resolve().parent.name
         atomic_write_text(tmp / "README.md", readme_text(name, feats, files, graph_dir is not None))
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -15,7 +15,7 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -40,17 +40,10 @@ pytest.importorskip("onnxruntime")
 VIEWS = {"wb": 16000, "nb": 8000}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def shipped(tmp_path_factory) -> dict:
+def shipped(tmp_path_factory) -> Iterator[dict]:
     """Corpus, features, char tokens, graph, and per view a trained checkpoint and its sherpa-onnx export."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("ship")
     data = root / "data"
@@ -85,7 +78,8 @@ def shipped(tmp_path_factory) -> dict:
         assert res.exit_code == 0, res.output
         assert f"sample_rate={rate}, feature_dim={40 if view == 'nb' else 80}" in res.output
         out["views"][view] = {"rate": rate, "exp": exp, "export": export}
-    return out
+    yield out
+    torch.set_num_threads(threads)
 
 
 def _kdasr_decode(shipped: dict, view: str, method: str, *opts: str) -> dict[str, str]:

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from kdasr.data.errors import DataError
 from kdasr.data.knf_fbank import KnfFbank, KnfFbankConfig
-from kdasr.utils.io import Pathlike, atomic_write_text, save_manifest
+from kdasr.utils.io import Pathlike, atomic_write_text, replace_dir, save_manifest
 
 FRAME_SHIFT = 0.01
 NB_MAX_RATE = 8000  # rates up to this count as narrowband (telephone) audio
@@ -209,13 +209,7 @@ def compute_fbank(
                 f"audio of {len(dropped)} cut(s) could not be loaded (see the warnings above): {_listing(dropped)}"
             )
         out = CutSet.from_cuts([_move_storage(by_id[i], tmp_dir, storage_dir) for i in ids])
-        if storage_dir.exists():
-            old = storage_dir.parent / f".{storage_dir.name}.old-{os.getpid()}"
-            os.replace(storage_dir, old)
-            os.replace(tmp_dir, storage_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp_dir, storage_dir)
+        replace_dir(tmp_dir, storage_dir)
     finally:
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir, ignore_errors=True)
