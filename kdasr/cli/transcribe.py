@@ -22,7 +22,8 @@ from kdasr.config import parse_override
               help="Tokens (default: the export dir, or the checkpoint's data.lang_dir).")
 @click.option("--sample-rate", type=int, default=None, help="The model's audio rate, for checkpoints that do not record it.")
 @click.option("--int8", is_flag=True, help="Use model.int8.onnx of an export dir.")
-@click.option("--json", "as_json", is_flag=True, help="JSON lines with word start/end times instead of plain text.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines with word start/end times (from the CTC spikes: a word ends after its last token's "
+                   "spike) instead of plain text.")
 @click.option("--device", default="cpu", help="cpu, cuda or auto (checkpoints only).")
 @click.option("--max-duration", default=200.0, help="Seconds of audio per batch.")
 @click.option("--num-threads", default=1, help="onnxruntime threads.")
