@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -24,10 +25,11 @@ import torch
 import yaml
 from click.testing import CliRunner
 from lhotse import CutSet, Fbank, FbankConfig
+from lhotse.utils import fastcopy
 
 from kdasr.cli.main import cli
 from kdasr.data.demo import make_demo_corpus
-from kdasr.data.features import TICK_POWER, fbank_extractor, prepare_fbank
+from kdasr.data.features import TICK_POWER, compute_fbank, fbank_extractor, prepare_fbank
 from kdasr.data.knf_fbank import sherpa_feature_options
 from kdasr.data.telephone import prepare_narrowband
 from kdasr.data.tokenizer import build_char_lang, texts_from_cuts
@@ -165,6 +167,16 @@ def test_kdasr_features_are_sherpa_onnx_features(shipped, rate):
     assert worst_stored <= 2.0 ** (TICK_POWER - 1) + 1e-5
     # an independent implementation (lhotse's torch fbank) with the same options agrees to float rounding
     assert worst_lhotse < 2e-3
+
+
+def test_reused_features_of_another_extractor_are_flagged(shipped, tmp_path, caplog):
+    fbank = shipped["data"] / "fbank"
+    cuts = CutSet.from_file(fbank / "cuts_test_wb.jsonl.gz")
+    old = cuts.map(lambda c: fastcopy(c, features=fastcopy(c.features, type="kaldi-fbank")))
+    old.to_file(tmp_path / "cuts_old.jsonl.gz")
+    with caplog.at_level(logging.WARNING):
+        compute_fbank(cuts, fbank / "test_wb", tmp_path / "cuts_old.jsonl.gz", progress_bar=False)
+    assert "holds kaldi-fbank features, not kaldi-native-fbank" in caplog.text
 
 
 def test_transcribe_mixed_rates_formats_and_a_corrupt_file(shipped, tmp_path):

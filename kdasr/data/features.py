@@ -162,6 +162,10 @@ def compute_fbank(
                     f"{manifest_path} holds {first.num_features}-dim features, not the {num_mel_bins} "
                     "asked for: overwrite it to extract again"
                 )
+            if first is not None and first.features is not None and first.features.type != KnfFbank.name:
+                log.warning("%s holds %s features, not %s (what sherpa-onnx computes at deployment): extract "
+                            "again with overwrite (--overwrite) for models that ship", manifest_path,
+                            first.features.type, KnfFbank.name)
             return done
         log.warning("%s exists but its storage %s does not: extracting again", manifest_path, storage_dir)
     if num_jobs < 1:
