@@ -274,7 +274,8 @@ def _with_metadata(onnx_bytes: bytes, meta: dict) -> bytes:
     """Copy the sidecar's scalars into the graph's metadata_props, so the .onnx file describes itself."""
     onnx = require_module("onnx")
     proto = onnx.load_from_string(onnx_bytes)
-    keys = ("num_features", "sample_rate", "vocab_size", "blank_id", "subsampling", "input_frame_shift", "frame_shift", "lang_hash")
+    keys = ("num_features", "sample_rate", "vocab_size", "blank_id", "subsampling", "input_frame_shift",
+            "frame_shift", "lang_hash")
     for key in keys:
         if meta.get(key) is not None:
             entry = proto.metadata_props.add()

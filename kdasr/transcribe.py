@@ -29,7 +29,7 @@ from kdasr.data.features import fbank_extractor
 from kdasr.data.tokenizer import LangError, Tokenizer
 from kdasr.decode import make_decoder
 from kdasr.distill.align import token_spans
-from kdasr.export import checkpoint_sample_rate, require_module, sidecar_path
+from kdasr.export import ExportError, checkpoint_sample_rate, require_module, sidecar_path
 from kdasr.train.checkpoint import load_model
 from kdasr.utils.io import Pathlike
 
@@ -68,16 +68,17 @@ class LoadedModel:
     frame_shift: float
     #: a graph dir that came with the model (an export directory with TLG.fst)
     graph_dir: Optional[Path] = None
-    _torch: Optional[torch.nn.Module] = None
-    _session: Any = None
+    #: the network: a torch module, or an onnxruntime session
+    torch_model: Optional[torch.nn.Module] = None
+    session: Any = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @torch.inference_mode()
     def log_probs(self, feats: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._torch is not None:
-            logits, out_lens = self._torch(feats.to(self.device), lens.to(self.device))
+        if self.torch_model is not None:
+            logits, out_lens = self.torch_model(feats.to(self.device), lens.to(self.device))
             return logits.float().log_softmax(dim=-1).cpu(), out_lens.cpu()
-        logp, out_lens = self._session.run(None, {"features": feats.numpy(), "feature_lens": lens.numpy()})
+        logp, out_lens = self.session.run(None, {"features": feats.numpy(), "feature_lens": lens.numpy()})
         return torch.from_numpy(logp), torch.from_numpy(out_lens)
 
 
@@ -101,7 +102,7 @@ def load_acoustic_model(
     int8: bool = False,
     num_threads: int = 1,
 ) -> LoadedModel:
-    """A checkpoint (``.pt``), an exported ``.onnx`` (with its ``.meta.yaml``), or a ``--format sherpa-onnx`` directory."""
+    """A checkpoint (``.pt``), an exported ``.onnx`` (with its ``.meta.yaml``), or a sherpa-onnx export directory."""
     path = Path(model)
     if not path.exists():
         raise TranscribeError(f"model {path} does not exist")
@@ -112,30 +113,39 @@ def load_acoustic_model(
             raise TranscribeError(f"{path} is not a kdasr export: needs {onnx_path.name} and {meta_path.name}")
         meta = yaml.safe_load(meta_path.read_text(encoding="utf-8"))
         rate = meta.get("sample_rate") or sample_rate
+        if meta.get("sample_rate") and sample_rate and int(sample_rate) != int(meta["sample_rate"]):
+            raise TranscribeError(f"{path} takes {meta['sample_rate']} Hz features, not {sample_rate} Hz")
         if not rate:
             raise TranscribeError(f"{meta_path} does not record the audio's sample rate: pass --sample-rate")
         here = path if path.is_dir() else None
         tok = _tokenizer(lang_dir or (here if here and (here / "lang.yaml").is_file() else meta.get("lang_dir")),
                          meta.get("lang_hash"), str(path))
-        ort = require_module("onnxruntime")
+        try:
+            ort = require_module("onnxruntime")
+        except ExportError as e:
+            raise TranscribeError(str(e)) from e
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = opts.inter_op_num_threads = num_threads
         session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
         graph = here if here is not None and (here / "TLG.fst").is_file() else None
         return LoadedModel(tok, int(rate), int(meta["num_features"]), float(meta["frame_shift"]), graph,
-                             _session=session)
+                          session=session)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     try:
         net, ckpt = load_model(path, dev)
     except (FileNotFoundError, RuntimeError, KeyError) as e:
         raise TranscribeError(f"cannot load checkpoint {path}: {e}") from e
-    rate = checkpoint_sample_rate(ckpt, sample_rate, path)
+    try:
+        rate = checkpoint_sample_rate(ckpt, sample_rate, path)
+    except ExportError as e:
+        raise TranscribeError(str(e)) from e
     if not rate:
         raise TranscribeError(f"{path} does not record the audio's sample rate: pass --sample-rate")
     lang = lang_dir or ((ckpt.get("config") or {}).get("data") or {}).get("lang_dir")
     tok = _tokenizer(lang, ckpt.get("lang_hash"), str(path))
-    return LoadedModel(tok, rate, int(ckpt["num_features"]), float(net.frame_shift), None, _torch=net, device=dev)
+    return LoadedModel(tok, rate, int(ckpt["num_features"]), float(net.frame_shift), None, torch_model=net,
+                       device=dev)
 
 
 def expand_inputs(inputs: Iterable[Pathlike]) -> list[Path]:
@@ -211,9 +221,12 @@ def word_times(logp: torch.Tensor, text: str, tokenizer: Tokenizer, frame_shift:
              "end": round(min(b * frame_shift, duration), 3)} for w, (a, b) in zip(words, bounds)]
 
 
-def _batches(items: list[tuple[Transcript, np.ndarray]], max_frames: int) -> Iterator[list[tuple[Transcript, np.ndarray]]]:
+Loaded = tuple[Transcript, np.ndarray]  # a file's transcript (filled in later) and its features
+
+
+def _batches(items: list[Loaded], max_frames: int) -> Iterator[list[Loaded]]:
     """Consecutive groups whose padded size (count x longest) stays under ``max_frames`` (one item at least)."""
-    batch: list[tuple[Transcript, np.ndarray]] = []
+    batch: list[Loaded] = []
     longest = 0
     for item in items:
         n = len(item[1])
@@ -245,7 +258,7 @@ def transcribe(
     decoder = make_decoder(method, model.tokenizer, device=model.device, **opts)
     extractor = fbank_extractor(model.sample_rate, model.num_features)
     results: list[Transcript] = []
-    loaded: list[tuple[Transcript, np.ndarray]] = []
+    loaded: list[Loaded] = []
     bar = tqdm(total=len(paths), desc="transcribe", unit="file", disable=None if progress else True)
     try:
         for p in paths:

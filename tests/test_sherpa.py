@@ -231,3 +231,10 @@ def test_export_errors(shipped, tmp_path):
                               "--out-dir", str(tmp_path / "keep"), "--sample-rate", "8000"])
     assert res.exit_code == 1 and "trained on 16000 Hz features, not 8000 Hz" in res.output
     assert (tmp_path / "keep" / "model.onnx").is_file()
+    # transcribe names what is wrong with a model
+    wav = next(iter(CutSet.from_file(shipped["data"] / "fbank" / "cuts_test_wb.jsonl.gz"))).recording.sources[0].source
+    (tmp_path / "empty").mkdir()
+    res = runner.invoke(cli, ["transcribe", str(tmp_path / "empty"), wav])
+    assert res.exit_code == 1 and "is not a kdasr export: needs model.onnx and model.meta.yaml" in res.output
+    res = runner.invoke(cli, ["transcribe", str(v["export"]), wav, "--sample-rate", "8000"])
+    assert res.exit_code == 1 and "takes 16000 Hz features, not 8000 Hz" in res.output

@@ -20,9 +20,11 @@ from kdasr.config import parse_override
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Decoder option, e.g. --opt beam=16.")
 @click.option("--lang-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Tokens (default: the export dir, or the checkpoint's data.lang_dir).")
-@click.option("--sample-rate", type=int, default=None, help="The model's audio rate, for checkpoints that do not record it.")
+@click.option("--sample-rate", type=int, default=None,
+              help="The model's audio rate, for checkpoints that do not record it.")
 @click.option("--int8", is_flag=True, help="Use model.int8.onnx of an export dir.")
-@click.option("--json", "as_json", is_flag=True, help="JSON lines with word start/end times (from the CTC spikes: a word ends after its last token's "
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON lines with word start/end times (from the CTC spikes: a word ends after its last token's "
                    "spike) instead of plain text.")
 @click.option("--device", default="cpu", help="cpu, cuda or auto (checkpoints only).")
 @click.option("--max-duration", default=200.0, help="Seconds of audio per batch.")
