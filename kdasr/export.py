@@ -34,6 +34,7 @@ from torch import nn
 
 from kdasr import __version__
 from kdasr.data.tokenizer import LangError, Tokenizer
+from kdasr.data.features import fbank_extractor
 from kdasr.models import AcousticModel
 from kdasr.models.checkpoint import load_checkpoint, model_from_checkpoint
 from kdasr.utils.io import Pathlike, atomic_path, atomic_write_text
@@ -89,7 +90,7 @@ class OnnxExportWrapper(nn.Module):
         return logits.float().log_softmax(dim=-1), out_lens.long()
 
 
-def _require(module: str) -> Any:
+def require_module(module: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as e:
@@ -166,7 +167,7 @@ def compare_with_torch(
     Frames past ``out_lens`` are padding and not compared. Different output
     lengths or shapes raise ``ExportError``: no tolerance makes them right.
     """
-    ort = _require("onnxruntime")
+    ort = require_module("onnxruntime")
     source = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
     session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
     feats, lens = random_batch(model, lengths, seed)
@@ -221,9 +222,15 @@ def _lang_tokens(ckpt: dict, lang_dir: Optional[Pathlike]) -> tuple[Optional[str
 def build_meta(
     model: AcousticModel, ckpt: dict, checkpoint: Pathlike, onnx_path: Path, opset: int,
     lang_dir: Optional[str], tokens: Optional[list[str]], check: Optional[dict],
+    sample_rate: Optional[int] = None,
 ) -> dict:
-    """Everything a deployment needs besides the graph: feature layout, frame rates, vocabulary."""
+    """Everything a deployment needs besides the graph: feature layout, frame rates, vocabulary.
+
+    ``features`` holds the fbank options (:mod:`kdasr.data.knf_fbank`) when
+    the audio's sample rate is known; None otherwise.
+    """
     f, v = model.num_features, model.vocab_size
+    features = fbank_extractor(sample_rate, f).config.to_dict() if sample_rate else None
     return {
         "format": "onnx",
         "onnx_file": onnx_path.name,
@@ -235,6 +242,8 @@ def build_meta(
         "model": model.model_cfg,
         "num_params": model.num_params(),
         "num_features": f,
+        "sample_rate": sample_rate,
+        "features": features,
         "vocab_size": v,
         "blank_id": 0,
         "subsampling": model.subsampling,
@@ -262,9 +271,10 @@ def build_meta(
 
 def _with_metadata(onnx_bytes: bytes, meta: dict) -> bytes:
     """Copy the sidecar's scalars into the graph's metadata_props, so the .onnx file describes itself."""
-    onnx = _require("onnx")
+    onnx = require_module("onnx")
     proto = onnx.load_from_string(onnx_bytes)
-    keys = ("num_features", "vocab_size", "blank_id", "subsampling", "input_frame_shift", "frame_shift", "lang_hash")
+    keys = ("num_features", "sample_rate", "vocab_size", "blank_id", "subsampling", "input_frame_shift",
+            "frame_shift", "lang_hash")
     for key in keys:
         if meta.get(key) is not None:
             entry = proto.metadata_props.add()
@@ -277,6 +287,14 @@ def _with_metadata(onnx_bytes: bytes, meta: dict) -> bytes:
     except onnx.checker.ValidationError as e:
         raise ExportError(f"the exported graph is not valid ONNX: {e}") from e
     return proto.SerializeToString()
+
+
+def checkpoint_sample_rate(ckpt: dict, sample_rate: Optional[int], checkpoint: Pathlike) -> Optional[int]:
+    """The training audio's sample rate: the checkpoint's, or ``sample_rate`` for checkpoints that predate it."""
+    recorded = ckpt.get("sampling_rate")
+    if recorded and sample_rate and int(recorded) != int(sample_rate):
+        raise ExportError(f"{checkpoint} was trained on {recorded} Hz features, not {sample_rate} Hz")
+    return int(recorded or sample_rate) if (recorded or sample_rate) else None
 
 
 def _load(checkpoint: Pathlike) -> tuple[AcousticModel, dict]:
@@ -300,19 +318,22 @@ def export_onnx(
     check: bool = True,
     tolerance: float = DEFAULT_TOLERANCE,
     lang_dir: Optional[Pathlike] = None,
+    sample_rate: Optional[int] = None,
 ) -> ExportResult:
     """Export ``checkpoint`` to ``out`` (ONNX) and write ``sidecar_path(out)``.
 
     With ``check``, onnxruntime must reproduce torch's log-probs within
     ``tolerance`` on a padded batch; otherwise nothing is written, so a
-    deployment never picks up a graph that was not verified.
+    deployment never picks up a graph that was not verified. ``sample_rate``
+    is the training audio's (checkpoints record it; give it for older ones).
     """
     _check_opset(opset)
-    _require("onnx")
+    require_module("onnx")
     if check:
-        _require("onnxruntime")
+        require_module("onnxruntime")
     out = Path(out)
     model, ckpt = _load(checkpoint)
+    rate = checkpoint_sample_rate(ckpt, sample_rate, checkpoint)
     used_lang_dir, tokens = _lang_tokens(ckpt, lang_dir)
     log.info("exporting %s (%s, %d parameters) to ONNX opset %d", checkpoint, model.name, model.num_params(), opset)
     onnx_bytes = export_model_onnx(model, opset)
@@ -327,7 +348,7 @@ def export_onnx(
                 f"on a padded batch of lengths {list(CHECK_LENGTHS)}; nothing written to {out}"
             )
         log.info("check: onnxruntime vs torch max |diff| of log-probs %.3g (tolerance %g)", max_diff, tolerance)
-    meta = build_meta(model, ckpt, checkpoint, out, opset, used_lang_dir, tokens, check_info)
+    meta = build_meta(model, ckpt, checkpoint, out, opset, used_lang_dir, tokens, check_info, rate)
     onnx_bytes = _with_metadata(onnx_bytes, meta)
     with atomic_path(out) as tmp:
         tmp.write_bytes(onnx_bytes)

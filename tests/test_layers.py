@@ -27,6 +27,7 @@ LAYERS: list[set[str]] = [
     {"kdasr.ctc"},
     {"kdasr.distill"},
     {"kdasr.train", "kdasr.decode", "kdasr.export", "kdasr.plan"},
+    {"kdasr.export_sherpa", "kdasr.transcribe"},
     {"kdasr.cli"},
     {"kdasr.__main__"},
 ]

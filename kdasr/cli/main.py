@@ -26,6 +26,7 @@ COMMANDS = [
     ("kdasr.cli.score", "score"),
     ("kdasr.cli.model_info", "model_info"),
     ("kdasr.cli.export", "export"),
+    ("kdasr.cli.transcribe", "transcribe"),
 ]
 
 

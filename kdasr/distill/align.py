@@ -19,16 +19,29 @@ from torchaudio.functional import forced_align
 from kdasr.ctc import collapse
 
 
+def token_spans(log_probs: torch.Tensor, tokens: Sequence[int], blank_id: int = 0) -> list[tuple[int, int]]:
+    """``(first, last + 1)`` frame of each token on the most likely CTC path of ``tokens`` through ``log_probs (T, V)``."""
+    if not tokens:
+        return []
+    path, _ = forced_align(log_probs.float().cpu()[None], torch.tensor([list(tokens)], dtype=torch.int32),
+                           blank=blank_id)
+    spans: list[list[int]] = []
+    p = path[0].tolist()
+    # a valid CTC path separates repeated tokens by a blank, so every run is one token
+    for t, k in enumerate(p):
+        if k == blank_id:
+            continue
+        if t == 0 or p[t - 1] != k:
+            spans.append([t, t + 1])
+        else:
+            spans[-1][1] = t + 1
+    return [(a, b) for a, b in spans]
+
+
 def token_frames(probs: np.ndarray, tokens: Sequence[int], blank_id: int = 0) -> np.ndarray:
     """The first frame of each token on the most likely CTC path of ``tokens`` through ``probs`` ``(T, V)``."""
-    if not tokens:
-        return np.zeros(0, dtype=np.int64)
-    logp = torch.from_numpy(np.log(np.clip(probs, 1e-30, None))).float()[None]
-    path, _ = forced_align(logp, torch.tensor([list(tokens)], dtype=torch.int32), blank=blank_id)
-    p = path[0].tolist()
-    # a valid CTC path separates repeated tokens by a blank, so every run start is one token
-    starts = [t for t, k in enumerate(p) if k != blank_id and (t == 0 or p[t - 1] != k)]
-    return np.asarray(starts, dtype=np.int64)
+    logp = torch.from_numpy(np.log(np.clip(probs, 1e-30, None)))
+    return np.asarray([a for a, _ in token_spans(logp, tokens, blank_id)], dtype=np.int64)
 
 
 def warp_index(anchor_frames: np.ndarray, other_frames: np.ndarray, num_frames: int) -> np.ndarray:

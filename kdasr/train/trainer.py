@@ -181,6 +181,7 @@ class Trainer:
         self.num_features = first.num_features
         # audio per rank and epoch, for the ETA of the step log lines
         self.epoch_seconds = sum(c.duration for c in self.train_cuts) / self.world_size
+        self.sampling_rate = first.features.sampling_rate  # exports set up the deployment's fbank from it
         cmvn = load_cmvn(dcfg["cmvn"]) if dcfg.get("cmvn") else None
         self.model = build_model(self.cfg["model"], self.num_features, self.tokenizer.vocab_size, cmvn).to(self.device)
         self.objective: Objective = objective if objective is not None else CtcObjective()
@@ -248,6 +249,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "model_cfg": self.cfg["model"],
             "num_features": self.num_features,
+            "sampling_rate": self.sampling_rate,
             "vocab_size": self.tokenizer.vocab_size,
             "lang_hash": self.tokenizer.hash,
             "frame_shift": self.model.frame_shift,

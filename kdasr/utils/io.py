@@ -11,6 +11,7 @@ import errno
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator, Optional, Union
@@ -90,6 +91,20 @@ def atomic_path(path: Pathlike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Put a finished temporary directory in place of ``final``: the old one is moved aside, then deleted.
+
+    Between the two renames ``final`` is briefly absent, never half-written.
+    """
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
 
 
 def atomic_write_text(path: Pathlike, text: str) -> None:
