@@ -1,4 +1,4 @@
-"""``kdasr prepare``: data preparation stages (import, demo, narrowband, fbank, tokens, validate)."""
+"""``kdasr prepare``: data preparation stages (import, demo, demo-lm, narrowband, fbank, tokens, validate)."""
 from __future__ import annotations
 
 import importlib
@@ -9,6 +9,7 @@ import click
 SUBCOMMANDS: list[tuple[str, str]] = [
     ("kdasr.cli.prepare.importers", "import_"),
     ("kdasr.cli.prepare.demo", "demo"),
+    ("kdasr.cli.prepare.demo_lm", "demo_lm"),
     ("kdasr.cli.prepare.narrowband", "narrowband"),
     ("kdasr.cli.prepare.validate", "validate"),
     ("kdasr.cli.prepare.fbank", "fbank"),
