@@ -20,7 +20,7 @@ from kdasr.lm.data import LmDataError, Vocab, load_text, make_batches
 from kdasr.lm.losses import lm_kd_loss
 from kdasr.lm.model import LstmLm
 from kdasr.lm.rescore import NgramScorer, hypothesis_features, pick, rescore
-from kdasr.lm.score import load_lm, perplexity
+from kdasr.lm.score import EnsembleLm, load_lm, perplexity
 from kdasr.lm.trainer import train_lm
 from kdasr.train.checkpoint import save_checkpoint
 
@@ -48,6 +48,14 @@ def test_perplexity_of_a_constant_model(tmp_path):
     expected = math.exp(-(2 * math.log(0.4) + 3 * math.log(0.2)) / 5)
     assert stats["tokens"] == 5
     assert stats["ppl"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_ensemble_perplexity_averages_probabilities(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("a\n")  # predicted: a </s>
+    ens = EnsembleLm([_constant_lm([0.1, 0.1, 0.2, 0.4, 0.2]), _constant_lm([0.1, 0.1, 0.4, 0.2, 0.2])])
+    stats = perplexity(ens, _vocab(), load_text(text, _vocab()))
+    assert stats["ppl"] == pytest.approx(1 / 0.3, rel=1e-5)  # both tokens get (0.4 + 0.2) / 2
 
 
 def test_lm_eval_cli_on_a_uniform_model(tmp_path):
@@ -263,7 +271,7 @@ def test_rescore_cli_scans_dev_and_writes_results(tmp_path):
     assert summary["test"]["ngram_only"]["errors"] == 0
     assert summary["test"]["ngram_only"]["weights"]["ngram_weight"] == 1.0
     assert (out / "errs-test-rescore.txt").read_text().startswith("%WER 0.00")
-    direct = rescore(nbest, refs, nbest, refs, arpa, tmp_path / "res2", ckpt, 0.0, 0.0, [0.0], [0.0, 1.0], [0.0])
+    direct = rescore(nbest, refs, nbest, refs, arpa, tmp_path / "res2", [ckpt], 0.0, 0.0, [0.0], [0.0, 1.0], [0.0])
     assert direct["test"]["lstm"]["errors"] == 0  # the LM (p(a) > p(c) = unk) fixes u1 without the n-gram
 
 

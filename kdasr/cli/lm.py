@@ -86,14 +86,16 @@ def distill(configs: tuple[Path, ...], exp_dir: Path, overrides: tuple[str, ...]
 
 
 @lm.command("eval")
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--checkpoint", "checkpoints", required=True, multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="LM checkpoint; repeat it to evaluate the ensemble (averaged next-word distributions).")
 @click.option("--device", default="auto", help="auto, cpu or cuda.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the figures to this YAML file.")
 @click.argument("texts", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @_one_line_errors
-def eval_(checkpoint: Path, device: str, out: Optional[Path], texts: tuple[Path, ...]) -> None:
-    """Perplexity of an LM checkpoint on each of TEXTS (one sentence a line, </s> counted)."""
+def eval_(checkpoints: tuple[Path, ...], device: str, out: Optional[Path], texts: tuple[Path, ...]) -> None:
+    """Perplexity of an LM (or an ensemble) on each of TEXTS (one sentence a line, </s> counted)."""
     import torch
     import yaml
 
@@ -101,12 +103,13 @@ def eval_(checkpoint: Path, device: str, out: Optional[Path], texts: tuple[Path,
     from kdasr.utils.io import atomic_write_text
 
     dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-    result = evaluate_files(checkpoint, texts, dev)
+    result = evaluate_files(checkpoints, texts, dev)
     for path, stats in result.items():
         click.echo(f"{path}\tppl {stats['ppl']:.3f}\ttokens {stats['tokens']}\toov {100 * stats['oov_rate']:.2f}%"
                    f"\tparams {stats['num_params']}")
     if out is not None:
-        atomic_write_text(out, yaml.safe_dump({"checkpoint": str(checkpoint), "texts": result}, sort_keys=False))
+        doc = {"checkpoints": [str(c) for c in checkpoints], "texts": result}
+        atomic_write_text(out, yaml.safe_dump(doc, sort_keys=False))
 
 
 @click.command()
@@ -118,8 +121,9 @@ def eval_(checkpoint: Path, device: str, out: Optional[Path], texts: tuple[Path,
 @click.option("--test-cuts", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--arpa", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The n-gram the decode used (<graph_dir>/G.arpa).")
-@click.option("--lm", "lm_checkpoint", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="LSTM LM checkpoint (kdasr lm train|distill); without it, n-gram-only rescoring.")
+@click.option("--lm", "lm_checkpoints", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="LSTM LM checkpoint (kdasr lm train|distill); repeat it for an ensemble; "
+                   "without it, n-gram-only rescoring.")
 @click.option("--out-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--decode-lm-weight", default=1.0, help="The lm_weight the N-best was decoded with.")
 @click.option("--decode-word-score", default=0.0, help="The word_score the N-best was decoded with (beam).")
@@ -130,7 +134,7 @@ def eval_(checkpoint: Path, device: str, out: Optional[Path], texts: tuple[Path,
 @click.option("--device", default="auto", help="auto, cpu or cuda (LM scoring).")
 @_one_line_errors
 def rescore(dev_nbest: Path, dev_cuts: Path, test_nbest: Path, test_cuts: Path, arpa: Path,
-            lm_checkpoint: Optional[Path], out_dir: Path, decode_lm_weight: float, decode_word_score: float,
+            lm_checkpoints: tuple[Path, ...], out_dir: Path, decode_lm_weight: float, decode_word_score: float,
             ngram_weights: list[float], lm_weights: list[float], word_penalties: list[float], name: str,
             device: str) -> None:
     """Rescore N-best lists with acoustic + n-gram + LSTM LM scores (weights from dev) and score the test set.
@@ -145,9 +149,27 @@ def rescore(dev_nbest: Path, dev_cuts: Path, test_nbest: Path, test_cuts: Path, 
 
     log_to(out_dir, "rescore")
     dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-    summary = run(dev_nbest, dev_cuts, test_nbest, test_cuts, arpa, out_dir, lm_checkpoint, decode_lm_weight,
+    summary = run(dev_nbest, dev_cuts, test_nbest, test_cuts, arpa, out_dir, lm_checkpoints, decode_lm_weight,
                   decode_word_score, ngram_weights, lm_weights, word_penalties, name, dev)
     for tag, r in summary["test"].items():
         w = r.get("weights")
         click.echo(f"{tag}\t%WER {r['wer']:.2f} [ {r['errors']} / {r['ref_words']} ]"
                    + (f"\tdev {r['dev_wer']:.2f}\t" + " ".join(f"{k}={v:g}" for k, v in w.items()) if w else ""))
+
+
+@lm.command()
+@click.option("--lm-dirs", required=True, help="LM experiment dirs (each with ppl.yaml), the reference first, "
+                                               "space-separated.")
+@click.option("--rescore-dirs", default="", help="`kdasr rescore` output dirs, space-separated.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@_one_line_errors
+def report(lm_dirs: str, rescore_dirs: str, out: Path) -> None:
+    """Markdown tables: perplexity per LM (share of the first LM's parameters) and rescoring WER."""
+    from kdasr.lm.report import perplexity_table, rescore_table
+    from kdasr.utils.io import atomic_write_text
+
+    text = "## LM perplexity\n\n" + perplexity_table(lm_dirs.split())
+    if rescore_dirs.strip():
+        text += "\n## N-best rescoring (weights chosen on dev)\n\n" + rescore_table(rescore_dirs.split())
+    atomic_write_text(out, text)
+    click.echo(text)

@@ -30,7 +30,7 @@ from lhotse import CutSet
 
 from kdasr.decode.graph import arpa_words
 from kdasr.lm.data import LmDataError, Vocab
-from kdasr.lm.score import load_lm, sentence_logprobs
+from kdasr.lm.score import load_lms, sentence_logprobs
 from kdasr.score.wer import compute_wer, read_text_file, write_errs, write_recogs, write_wer_summary
 from kdasr.utils.io import Pathlike, atomic_write_text
 
@@ -146,7 +146,7 @@ def rescore(
     test_cuts: Pathlike,
     arpa: Pathlike,
     out_dir: Pathlike,
-    lm_checkpoint: Optional[Pathlike] = None,
+    lm_checkpoints: Sequence[Pathlike] = (),
     decode_lm_weight: float = 1.0,
     decode_word_score: float = 0.0,
     ngram_weights: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5),
@@ -155,13 +155,12 @@ def rescore(
     name: str = "test",
     device: Any = "cpu",
 ) -> dict:
-    """Scan weights on the dev N-best, rescore the test N-best, write icefall-style results; return the summary."""
+    """Scan weights on the dev N-best, rescore the test N-best, write icefall-style results; return the summary.
+
+    Several ``lm_checkpoints`` rescore as one ensemble (averaged distributions)."""
     out_dir = Path(out_dir)
-    lm = None
-    if lm_checkpoint is not None:
-        model, vocab, _ = load_lm(lm_checkpoint, device)
-        lm = (model, vocab)
-    elif any(w != 0 for w in lm_weights):
+    lm = load_lms(lm_checkpoints, device) if lm_checkpoints else None
+    if lm is None and any(w != 0 for w in lm_weights):
         lm_weights = [0.0]
     ngram = NgramScorer(arpa)
     sets = {}
@@ -195,7 +194,7 @@ def rescore(
                             {k: h[0][0].split() for k, h in sets["dev"][2].items()})
     summary = {
         "dev_nbest": str(dev_nbest), "test_nbest": str(test_nbest), "arpa": str(arpa),
-        "lm": str(lm_checkpoint) if lm_checkpoint else None,
+        "lm": [str(p) for p in lm_checkpoints],
         "lm_num_params": lm[0].num_params() if lm else None,
         "decode_lm_weight": decode_lm_weight, "decode_word_score": decode_word_score,
         "mean_nbest": sum(len(h) for h in test_nbest_lists.values()) / max(len(test_nbest_lists), 1),

@@ -49,6 +49,37 @@ def perplexity(model: torch.nn.Module, vocab: Vocab, text: LmText, max_tokens: i
             "oov_rate": text.num_oov / max(text.num_words, 1)}
 
 
+class EnsembleLm(torch.nn.Module):
+    """Several LMs of one vocabulary as one: log of their averaged next-word distributions.
+
+    Its output is a log-probability, which softmax and cross-entropy treat as
+    logits, so it scores and rescores like a single model (the distillation
+    target of an ensemble of teachers is this same average)."""
+
+    def __init__(self, models: Sequence[torch.nn.Module]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(models)
+
+    def forward(self, inputs: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        lp = torch.stack([m(inputs, lens).float().log_softmax(-1) for m in self.members])
+        return torch.logsumexp(lp, 0) - math.log(len(self.members))
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def load_lms(paths: Sequence[Pathlike], device: Any = "cpu") -> tuple[torch.nn.Module, Vocab]:
+    """One LM checkpoint, or several of one vocabulary as an :class:`EnsembleLm`."""
+    loaded = [load_lm(p, device) for p in paths]
+    if not loaded:
+        raise ValueError("no LM checkpoint given")
+    for p, (_, vocab, _) in zip(paths, loaded):
+        if vocab.words != loaded[0][1].words:
+            raise ValueError(f"LM {p} has another vocabulary than {paths[0]}: they cannot be averaged")
+    model = loaded[0][0] if len(loaded) == 1 else EnsembleLm([m for m, _, _ in loaded]).eval()
+    return model, loaded[0][1]
+
+
 def load_lm(path: Pathlike, device: Any = "cpu") -> tuple[torch.nn.Module, Vocab, dict]:
     """An LM checkpoint of ``kdasr lm train|distill``: the model (eval mode), its vocabulary, the checkpoint."""
     ckpt = load_checkpoint(path)
@@ -57,10 +88,10 @@ def load_lm(path: Pathlike, device: Any = "cpu") -> tuple[torch.nn.Module, Vocab
     return lm_from_checkpoint(ckpt, device), Vocab(list(ckpt["vocab"])), ckpt
 
 
-def evaluate_files(checkpoint: Pathlike, texts: Sequence[Pathlike], device: Any = "cpu",
+def evaluate_files(checkpoints: Sequence[Pathlike], texts: Sequence[Pathlike], device: Any = "cpu",
                    max_tokens: int = 8000) -> dict[str, dict[str, float]]:
-    """Perplexity of ``checkpoint`` on each text file (the library side of ``kdasr lm eval``)."""
-    model, vocab, ckpt = load_lm(checkpoint, device)
+    """Perplexity of an LM (several checkpoints: their average) on each text file (``kdasr lm eval``)."""
+    model, vocab = load_lms(checkpoints, device)
     out = {}
     for path in texts:
         stats = perplexity(model, vocab, load_text(path, vocab), max_tokens)
