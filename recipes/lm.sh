@@ -39,6 +39,7 @@ kdasr_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 log() { echo -e "$(date '+%Y-%m-%d %H:%M:%S') (lm.sh:${BASH_LINENO[0]}) $*"; }
 sets() { local s=""; for kv in $lm_overrides "$@"; do s="$s --set $kv"; done; echo "$s"; }
 
+demo_text=false; [ -z "$text_dir" ] && demo_text=true
 text_dir=${text_dir:-$data/lm}
 lm_exp=$exp/lm
 train_args="data.train=$text_dir/train.txt data.dev=$text_dir/dev.txt"
@@ -49,6 +50,7 @@ students="$lm_exp/student"
 for t in $trust_forms; do students="$students $lm_exp/student_kd_$t"; done
 
 if [ $stage -le 1 ] && [ $stop_stage -ge 1 ] && [ ! -f $text_dir/train.txt ]; then
+  [ $demo_text = true ] || { echo "$0: --text-dir $text_dir has no train.txt" >&2; exit 1; }
   log "Stage 1: demo LM text in $text_dir"
   kdasr prepare demo-lm --out-dir $text_dir --size $demo_size --seed $demo_seed --num-sentences $demo_lm_sentences
 fi
