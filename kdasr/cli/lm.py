@@ -51,38 +51,28 @@ def lm() -> None:
     """LSTM language models: train, distil (KD with trust regularization), evaluate."""
 
 
-@lm.command()
-@_configs
-@_exp_dir
-@_overrides
-@_resume
-@_one_line_errors
-def train(configs: tuple[Path, ...], exp_dir: Path, overrides: tuple[str, ...], resume: bool) -> None:
-    """Train an LSTM LM on text (data.train, one sentence a line); dev perplexity picks best.pt.
+def _training_command(name: str, distill: bool, doc: str) -> click.Command:
+    """``kdasr lm train`` and ``kdasr lm distill``: the same options, one trainer."""
+    @_one_line_errors
+    def run(configs: tuple[Path, ...], exp_dir: Path, overrides: tuple[str, ...], resume: bool) -> None:
+        from kdasr.lm.trainer import train_lm
+
+        train_lm(load_config(configs, overrides), exp_dir, resume=resume, distill=distill)
+
+    run.__doc__ = doc
+    return lm.command(name)(_configs(_exp_dir(_overrides(_resume(run)))))
+
+
+train = _training_command("train", False, """Train an LSTM LM on text (data.train, one sentence a line); dev perplexity picks best.pt.
 
     CONFIGS are YAML files merged in order with data, model and train
     sections. An ensemble is several runs with other train.seed or model sizes.
-    """
-    from kdasr.lm.trainer import train_lm
-
-    train_lm(load_config(configs, overrides), exp_dir, resume=resume)
-
-
-@lm.command()
-@_configs
-@_exp_dir
-@_overrides
-@_resume
-@_one_line_errors
-def distill(configs: tuple[Path, ...], exp_dir: Path, overrides: tuple[str, ...], resume: bool) -> None:
-    """Train a student LM on (1 - lambda w) CE + lambda w T^2 KL to the teachers' averaged distribution.
+    """)
+distill = _training_command("distill", True, """Train a student LM on (1 - lambda w) CE + lambda w T^2 KL to the teachers' averaged distribution.
 
     The kd section lists the teacher checkpoints (kd.teachers, run online) and
     the trust form w (kd.trust: none, threshold, smooth); see kdasr.lm.losses.
-    """
-    from kdasr.lm.trainer import train_lm
-
-    train_lm(load_config(configs, overrides), exp_dir, resume=resume, distill=True)
+    """)
 
 
 @lm.command("eval")
