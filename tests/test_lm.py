@@ -285,3 +285,33 @@ def test_demo_lm_corpus_holds_out_test_sentences(tmp_path):
     audio_train = set(train[: stats["audio_train_transcripts"]])
     assert len(train) == stats["audio_train_transcripts"] + 3000
     assert not [t for t in test if t in set(train) and t not in audio_train]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sentence_scores_on_gpu_match_cpu():
+    from kdasr.lm.score import sentence_logprobs
+
+    torch.manual_seed(0)
+    model = LstmLm(5, embed=8, hidden=8, num_layers=2, dropout=0.0).eval()
+    sents = [[3, 4, 3], [4], [], [3, 3, 3, 3, 4]]
+    cpu = sentence_logprobs(model, _vocab(), sents)
+    gpu = sentence_logprobs(model.cuda(), _vocab(), sents)
+    assert gpu == pytest.approx(cpu, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_lm_recipe_stages_1_to_5_on_tiny_text(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    overrides = "train.epochs=1 model.embed=8 model.hidden=8 model.num_layers=1 data.max_tokens=400"
+    res = subprocess.run(["bash", str(REPO / "recipes" / "lm.sh"), "--demo-size", "tiny", "--demo-lm-sentences", "300",
+                          "--conf", str(REPO / "egs" / "demo" / "conf"), "--teacher-seeds", "1 2",
+                          "--trust-forms", "none smooth", "--lm-overrides", overrides],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    table = (tmp_path / "exp" / "lm" / "RESULTS.md").read_text()
+    for name in ("teacher_seed1", "teacher_seed2", "student", "student_kd_none", "student_kd_smooth"):
+        assert f"| {name} |" in table
+    kd = yaml.safe_load((tmp_path / "exp" / "lm" / "student_kd_smooth" / "config.yaml").read_text())["kd"]
+    assert kd["trust"] == "smooth" and len(kd["teachers"]) == 2
