@@ -315,3 +315,17 @@ def test_lm_recipe_stages_1_to_5_on_tiny_text(tmp_path):
         assert f"| {name} |" in table
     kd = yaml.safe_load((tmp_path / "exp" / "lm" / "student_kd_smooth" / "config.yaml").read_text())["kd"]
     assert kd["trust"] == "smooth" and len(kd["teachers"]) == 2
+
+
+def test_cached_teachers_train_the_same_student_as_online_ones(tmp_path):
+    train, dev = _corpus(tmp_path)
+    train_lm(_cfg(train, dev, epochs=1), tmp_path / "teacher")
+    runs = {}
+    for cache in (True, False):
+        cfg = _cfg(train, dev, epochs=1)
+        cfg["kd"] = {"teachers": [str(tmp_path / "teacher" / "best.pt")] * 2, "temperature": 2.0,
+                     "trust": "smooth", "cache_teachers": cache}
+        train_lm(cfg, tmp_path / f"s{cache}", distill=True)
+        runs[cache] = _weights(tmp_path / f"s{cache}" / "epoch-1.pt")
+    for k, v in runs[True].items():  # float16 cache: equal up to rounding
+        assert torch.allclose(v, runs[False][k], atol=2e-3), k

@@ -72,6 +72,11 @@ KD_DEFAULTS: dict = {
     "trust": "none",
     "threshold": 0.5,
     "gamma": 1.0,
+    # Keep the teachers' logits of every training sentence in memory (float16), computed once:
+    # the text never changes between epochs and the teachers run without dropout, so this is the
+    # online teacher at the cost of one pass. Refused above cache_max_gb (then set it false).
+    "cache_teachers": True,
+    "cache_max_gb": 2.0,
 }
 
 
@@ -151,6 +156,9 @@ class LmTrainer:
         self.dev_text = load_text(dcfg["dev"], self.vocab) if dcfg["dev"] else None
         self.model = build_lm(cfg["model"], len(self.vocab)).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+        self.teacher_cache: Optional[list[torch.Tensor]] = None
+        if kd and kd["cache_teachers"]:
+            self.teacher_cache = self._teacher_logits_of_corpus(float(kd["cache_max_gb"]))
         self.state = LmState(lr=float(tcfg["lr"]))
         self.tb: Optional[SummaryWriter] = None
         self._last_tick = time.time()
@@ -187,15 +195,41 @@ class LmTrainer:
         set_rng_state(ckpt["rng"])
         logging.info("resumed from %s at epoch %d step %d", path, self.state.epoch, self.state.step)
 
+    @torch.no_grad()
+    def _teacher_logits_of_corpus(self, max_gb: float) -> list[torch.Tensor]:
+        """``(K, len + 1, V)`` float16 teacher logits per training sentence, in corpus order."""
+        sents = self.train_text.sentences
+        need = len(self.teachers) * self.train_text.num_tokens * len(self.vocab) * 2 / 1e9
+        if need > max_gb:
+            raise ConfigError(f"caching the teachers' logits needs {need:.1f} GB (> kd.cache_max_gb {max_gb}); "
+                              "set kd.cache_teachers=false to run them online")
+        cache: list[torch.Tensor] = [torch.empty(0)] * len(sents)
+        t0 = time.time()
+        batches = make_batches(sents, self.cfg["data"]["max_tokens"])
+        for idx in tqdm(batches, desc="teacher logits", disable=None, leave=False):
+            x, _, lens = collate([sents[i] for i in idx], self.vocab)
+            z = torch.stack([t(x.to(self.device), lens) for t in self.teachers]).half().cpu()
+            for b, i in enumerate(idx):
+                cache[i] = z[:, b, : int(lens[b])].clone()
+        logging.info("teacher logits of %d sentences cached (%.2f GB) in %.1f s", len(sents), need, time.time() - t0)
+        return cache
+
     # -------------------------------------------------------------------- loop
-    def loss(self, x: torch.Tensor, y: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def loss(self, x: torch.Tensor, y: torch.Tensor, lens: torch.Tensor, idx: list[int]
+             ) -> tuple[torch.Tensor, dict]:
         logits = self.model(x, lens)
         kd = self.cfg.get("kd")
         if not kd:
             ce = F.cross_entropy(logits.transpose(1, 2), y, ignore_index=PAD_ID)
             return ce, {"ce": ce.detach()}
-        with torch.no_grad():
-            teacher_logits = [t(x, lens) for t in self.teachers]
+        if self.teacher_cache is not None:  # padding rows stay 0: the loss masks them
+            z = torch.zeros(len(self.teachers), *logits.shape, dtype=torch.float32)
+            for b, i in enumerate(idx):
+                z[:, b, : self.teacher_cache[i].shape[1]] = self.teacher_cache[i].float()
+            teacher_logits = list(z.to(self.device))
+        else:
+            with torch.no_grad():
+                teacher_logits = [t(x, lens) for t in self.teachers]
         return lm_kd_loss(logits, teacher_logits, y, float(kd["lambda"]), float(kd["temperature"]), kd["trust"],
                           {"threshold": kd["threshold"], "gamma": kd["gamma"]})
 
@@ -210,10 +244,11 @@ class LmTrainer:
         for g in self.optimizer.param_groups:
             g["lr"] = self.state.lr
         while self.state.batch_in_epoch < len(batches):
-            x, y, lens = collate([sents[i] for i in batches[self.state.batch_in_epoch]], self.vocab)
+            idx = batches[self.state.batch_in_epoch]
+            x, y, lens = collate([sents[i] for i in idx], self.vocab)
             x, y = x.to(self.device), y.to(self.device)
             self.model.train()
-            loss, stats = self.loss(x, y, lens)
+            loss, stats = self.loss(x, y, lens, idx)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.state.batch_in_epoch += 1
