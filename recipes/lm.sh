@@ -46,6 +46,11 @@ train_args="data.train=$text_dir/train.txt data.dev=$text_dir/dev.txt"
 teachers=""
 for s in $teacher_seeds; do teachers="$teachers $lm_exp/teacher_seed$s"; done
 teacher_list=$(for t in $teachers; do echo "$t/best.pt"; done | paste -sd, -)
+# several teachers: their average is a model of its own (exp/lm/teacher_ensemble holds its figures)
+ensemble=""; [ $(echo $teacher_seeds | wc -w) -gt 1 ] && ensemble=$lm_exp/teacher_ensemble
+lm_args() {  # the --lm options of an LM dir (the ensemble: every teacher)
+  if [ "$1" = "$ensemble" ]; then for t in $teachers; do echo -n " $2 $t/best.pt"; done; else echo -n " $2 $1/best.pt"; fi
+}
 students="$lm_exp/student"
 for t in $trust_forms; do students="$students $lm_exp/student_kd_$t"; done
 
@@ -83,11 +88,12 @@ fi
 
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   log "Stage 5: perplexities"
-  for d in $teachers $students; do
-    kdasr lm eval --checkpoint $d/best.pt --out $d/ppl.yaml $text_dir/dev.txt $text_dir/test.txt
+  for d in $teachers $ensemble $students; do
+    # shellcheck disable=SC2046
+    kdasr lm eval $(lm_args $d --checkpoint) --out $d/ppl.yaml $text_dir/dev.txt $text_dir/test.txt
   done
   # shellcheck disable=SC2086
-  kdasr lm report --lm-dirs "$teachers $students" --out $lm_exp/RESULTS.md > /dev/null
+  kdasr lm report --lm-dirs "$teachers $ensemble $students" --out $lm_exp/RESULTS.md > /dev/null
   log "perplexity table: $lm_exp/RESULTS.md"
 fi
 
@@ -107,13 +113,13 @@ fi
 
 if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
   rescore_dirs=""
-  for lm in ngram $teachers $students; do
+  for lm in ngram $teachers $ensemble $students; do
     name=$(basename $lm)
     out=$am/rescore_${test_part}_${view}_$name
     rescore_dirs="$rescore_dirs $out"
     [ -f $out/rescore.yaml ] && continue
     log "Stage 7: rescoring with $name"
-    lm_opt=""; [ $lm != ngram ] && lm_opt="--lm $lm/best.pt"
+    lm_opt=""; [ $lm != ngram ] && lm_opt=$(lm_args $lm --lm)
     # shellcheck disable=SC2086
     kdasr rescore --dev-nbest $am/nbest_${dev_part}_${view}/nbest-${dev_part}_${view}-wfst.txt \
       --dev-cuts $data/fbank/cuts_${dev_part}_${view}.jsonl.gz \
@@ -122,6 +128,7 @@ if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
       --name ${test_part}_${view} --out-dir $out $lm_opt
   done
   # shellcheck disable=SC2086
-  kdasr lm report --lm-dirs "$teachers $students" --rescore-dirs "$rescore_dirs" --out $lm_exp/RESULTS.md > /dev/null
+  kdasr lm report --lm-dirs "$teachers $ensemble $students" --rescore-dirs "$rescore_dirs" \
+    --out $lm_exp/RESULTS.md > /dev/null
   log "perplexity and rescoring tables: $lm_exp/RESULTS.md"
 fi

@@ -46,7 +46,8 @@ def rescore_table(rescore_dirs: Sequence[Pathlike]) -> str:
                 continue
             w = r.get("weights")
             weights = f"{w['ngram_weight']:g}, {w['lm_weight']:g}, {w['word_penalty']:g}" if w else "decode"
-            lm = " + ".join(Path(p).parent.name for p in doc["lm"]) if tag == "lstm" else "-"
+            lm = ("ensemble of " if len(doc["lm"]) > 1 else "") + " + ".join(Path(p).parent.name for p in doc["lm"]) \
+                if tag == "lstm" else "-"
             params = f"{doc['lm_num_params']:,}" if tag == "lstm" else "-"
             dev = r.get("dev_wer", doc["dev_first_pass_wer"])
             lines.append(f"| {tag} | {lm} | {params} | {r['wer']:.2f} | {dev:.2f} | {weights} |")
