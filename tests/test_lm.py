@@ -264,7 +264,7 @@ def test_rescore_cli_scans_dev_and_writes_results(tmp_path):
     res = CliRunner().invoke(cli, ["rescore", "--dev-nbest", str(nbest), "--dev-cuts", str(refs), "--test-nbest",
                                    str(nbest), "--test-cuts", str(refs), "--arpa", str(arpa), "--lm", str(ckpt),
                                    "--out-dir", str(out), "--decode-lm-weight", "0", "--ngram-weights", "0,1",
-                                   "--lm-weights", "0", "--word-penalties", "0"])
+                                   "--lm-weights", "0", "--word-bonuses", "0"])
     assert res.exit_code == 0, res.output
     summary = yaml.safe_load((out / "rescore.yaml").read_text())
     assert summary["test"]["first_pass"]["errors"] == 1

@@ -119,13 +119,14 @@ def eval_(checkpoints: tuple[Path, ...], device: str, out: Optional[Path], texts
 @click.option("--decode-word-score", default=0.0, help="The word_score the N-best was decoded with (beam).")
 @click.option("--ngram-weights", default="0,0.25,0.5,0.75,1,1.5", callback=_floats, metavar="W1,W2,...")
 @click.option("--lm-weights", default="0,0.25,0.5,0.75,1,1.5", callback=_floats, metavar="W1,W2,...")
-@click.option("--word-penalties", default="-1,0,1", callback=_floats, metavar="W1,W2,...")
+@click.option("--word-bonuses", default="-1,0,1,2,3", callback=_floats, metavar="W1,W2,...",
+              help="Per-word bonus in nats (negative: a penalty); CTC searches tend to delete words.")
 @click.option("--name", default="test", help="Test-set name in output file names.")
 @click.option("--device", default="auto", help="auto, cpu or cuda (LM scoring).")
 @_one_line_errors
 def rescore(dev_nbest: Path, dev_cuts: Path, test_nbest: Path, test_cuts: Path, arpa: Path,
             lm_checkpoints: tuple[Path, ...], out_dir: Path, decode_lm_weight: float, decode_word_score: float,
-            ngram_weights: list[float], lm_weights: list[float], word_penalties: list[float], name: str,
+            ngram_weights: list[float], lm_weights: list[float], word_bonuses: list[float], name: str,
             device: str) -> None:
     """Rescore N-best lists with acoustic + n-gram + LSTM LM scores (weights from dev) and score the test set.
 
@@ -140,7 +141,7 @@ def rescore(dev_nbest: Path, dev_cuts: Path, test_nbest: Path, test_cuts: Path, 
     log_to(out_dir, "rescore")
     dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     summary = run(dev_nbest, dev_cuts, test_nbest, test_cuts, arpa, out_dir, lm_checkpoints, decode_lm_weight,
-                  decode_word_score, ngram_weights, lm_weights, word_penalties, name, dev)
+                  decode_word_score, ngram_weights, lm_weights, word_bonuses, name, dev)
     for tag, r in summary["test"].items():
         w = r.get("weights")
         click.echo(f"{tag}\t%WER {r['wer']:.2f} [ {r['errors']} / {r['ref_words']} ]"

@@ -45,7 +45,7 @@ def rescore_table(rescore_dirs: Sequence[Pathlike]) -> str:
             if tag != "lstm" and not first:
                 continue
             w = r.get("weights")
-            weights = f"{w['ngram_weight']:g}, {w['lm_weight']:g}, {w['word_penalty']:g}" if w else "decode"
+            weights = f"{w['ngram_weight']:g}, {w['lm_weight']:g}, {w['word_bonus']:g}" if w else "decode"
             lm = ("ensemble of " if len(doc["lm"]) > 1 else "") + " + ".join(Path(p).parent.name for p in doc["lm"]) \
                 if tag == "lstm" else "-"
             params = f"{doc['lm_num_params']:,}" if tag == "lstm" else "-"

@@ -7,7 +7,7 @@ The n-gram's natural-log probability of each hypothesis is recomputed from
 the ARPA file the decode used (KenLM, through flashlight-text), so that::
 
     acoustic = score - w_dec * ngram - word_score * words
-    total    = acoustic + a * ngram + b * lstm + c * words
+    total    = acoustic + a * ngram + b * lstm + c * words      (c: a per-word bonus)
 
 is scanned over a grid of ``(a, b, c)`` on a dev set and the weights of the
 lowest dev WER (ties: the first in grid order, i.e. the smallest weights
@@ -125,12 +125,12 @@ def _check_refs(nbest: NBest, refs: Mapping[str, str], where: str) -> None:
 
 
 def scan(features: Mapping[str, list[dict]], refs: Mapping[str, str], ngram_weights: Sequence[float],
-         lm_weights: Sequence[float], word_penalties: Sequence[float]) -> list[dict[str, float]]:
-    """WER of every ``(ngram_weight, lm_weight, word_penalty)`` in grid order."""
+         lm_weights: Sequence[float], word_bonuses: Sequence[float]) -> list[dict[str, float]]:
+    """WER of every ``(ngram_weight, lm_weight, word_bonus)`` in grid order."""
     table = []
-    for a, b, c in itertools.product(ngram_weights, lm_weights, word_penalties):
+    for a, b, c in itertools.product(ngram_weights, lm_weights, word_bonuses):
         e, n = _errors(refs, pick(features, a, b, c))
-        table.append({"ngram_weight": a, "lm_weight": b, "word_penalty": c, "wer": 100.0 * e / max(n, 1),
+        table.append({"ngram_weight": a, "lm_weight": b, "word_bonus": c, "wer": 100.0 * e / max(n, 1),
                       "errors": e, "ref_words": n})
     return table
 
@@ -151,7 +151,7 @@ def rescore(
     decode_word_score: float = 0.0,
     ngram_weights: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5),
     lm_weights: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5),
-    word_penalties: Sequence[float] = (-1.0, 0.0, 1.0),
+    word_bonuses: Sequence[float] = (-1.0, 0.0, 1.0, 2.0, 3.0),
     name: str = "test",
     device: Any = "cpu",
 ) -> dict:
@@ -169,7 +169,7 @@ def rescore(
         _check_refs(nbest, refs, str(cuts_path))
         sets[part] = (hypothesis_features(nbest, ngram, decode_lm_weight, decode_word_score, lm), refs, nbest)
     dev_feats, dev_refs, _ = sets["dev"]
-    table = scan(dev_feats, dev_refs, ngram_weights, lm_weights, word_penalties)
+    table = scan(dev_feats, dev_refs, ngram_weights, lm_weights, word_bonuses)
     best = best_row(table)
     best_ngram = best_row(r for r in table if r["lm_weight"] == 0.0) if 0.0 in lm_weights else None
     test_feats, test_refs, test_nbest_lists = sets["test"]
@@ -179,11 +179,11 @@ def rescore(
            ([("lstm", best)] if lm is not None else [])
     for tag, row in rows:
         hyps = ({cid: hyps[0][0] for cid, hyps in test_nbest_lists.items()} if row is None
-                else pick(test_feats, row["ngram_weight"], row["lm_weight"], row["word_penalty"]))
+                else pick(test_feats, row["ngram_weight"], row["lm_weight"], row["word_bonus"]))
         stats = compute_wer(refs_split, {k: v.split() for k, v in hyps.items()})
         results[tag] = {"wer": round(stats.wer, 2), "errors": stats.errors, "ref_words": stats.ref_words}
         if row is not None:
-            results[tag]["weights"] = {k: row[k] for k in ("ngram_weight", "lm_weight", "word_penalty")}
+            results[tag]["weights"] = {k: row[k] for k in ("ngram_weight", "lm_weight", "word_bonus")}
             results[tag]["dev_wer"] = round(row["wer"], 2)
         if tag == rows[-1][0]:
             t = f"{name}-rescore"
