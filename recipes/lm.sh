@@ -89,6 +89,7 @@ fi
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   log "Stage 5: perplexities"
   for d in $teachers $ensemble $students; do
+    [ -f $d/ppl.yaml ] && [ $d/ppl.yaml -nt $d/best.pt ] && continue
     # shellcheck disable=SC2046
     kdasr lm eval $(lm_args $d --checkpoint) --out $d/ppl.yaml $text_dir/dev.txt $text_dir/test.txt
   done
