@@ -51,6 +51,8 @@ train_jobs=1             # experiments trained (and decoded) at once, each with 
 train_overrides=         # key=value words added to every experiment, e.g. "train.epochs=2"
 train_launcher=          # prefix of `kdasr train`, e.g. "torchrun --standalone --nproc-per-node 4 --no-python"
                          # (multi-GPU DDP) or "tools/slurm_torchrun.sh --nodes 2 --gpu 4 exp/log/train.log"
+lm_stage=false           # stage 10: LSTM LMs, distillation and N-best rescoring (recipes/lm.sh)
+lm_opts=                 # options of recipes/lm.sh, e.g. "--acoustic cnn_wb --teacher-seeds '1 2'"
 nj=2
 cmd=../../tools/run.sh
 data=data
@@ -398,4 +400,11 @@ if [ $stage -le 9 ] && [ $stop_stage -ge 9 ]; then
   # shellcheck disable=SC2086
   kdasr report $dirs --out $exp/RESULTS.md --plot $exp/wer_vs_params.png \
     --plot-test ${test_parts%% *}_wb
+fi
+
+if [ $stage -le 10 ] && [ $stop_stage -ge 10 ] && [ "$lm_stage" = true ]; then
+  log "Stage 10: LSTM LMs and N-best rescoring (recipes/lm.sh $lm_opts)"
+  # shellcheck disable=SC2086
+  eval "$kdasr_root/recipes/lm.sh" --data $data --exp $exp --lang-dir $lang_dir --dev-part $dev_part \
+    --test-part ${test_parts%% *} --demo-size $demo_size --demo-seed $demo_seed $lm_opts
 fi

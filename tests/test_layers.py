@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"kdasr.ctc"},
     {"kdasr.distill"},
     {"kdasr.train", "kdasr.decode", "kdasr.export", "kdasr.plan"},
-    {"kdasr.export_sherpa", "kdasr.transcribe"},
+    {"kdasr.export_sherpa", "kdasr.transcribe", "kdasr.lm"},
     {"kdasr.cli"},
     {"kdasr.__main__"},
 ]

@@ -24,6 +24,8 @@ COMMANDS = [
     ("kdasr.cli.decode", "decode"),
     ("kdasr.cli.report", "report"),
     ("kdasr.cli.score", "score"),
+    ("kdasr.cli.lm", "lm"),
+    ("kdasr.cli.lm", "rescore"),
     ("kdasr.cli.model_info", "model_info"),
     ("kdasr.cli.export", "export"),
     ("kdasr.cli.transcribe", "transcribe"),

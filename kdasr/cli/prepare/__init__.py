@@ -1,4 +1,4 @@
-"""``kdasr prepare``: data preparation stages (import, demo, speed, narrowband, fbank, tokens, validate)."""
+"""``kdasr prepare``: data preparation stages (import, demo, demo-lm, speed, narrowband, fbank, tokens, validate)."""
 from __future__ import annotations
 
 import importlib
@@ -10,6 +10,7 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("kdasr.cli.prepare.importers", "import_"),
     ("kdasr.cli.prepare.demo", "demo"),
     ("kdasr.cli.prepare.speed", "speed"),
+    ("kdasr.cli.prepare.demo_lm", "demo_lm"),
     ("kdasr.cli.prepare.narrowband", "narrowband"),
     ("kdasr.cli.prepare.validate", "validate"),
     ("kdasr.cli.prepare.fbank", "fbank"),
