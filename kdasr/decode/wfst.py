@@ -134,6 +134,8 @@ class WfstDecoder:
     for no gain in WER.
     """
 
+    backend = "kaldi"
+
     def __init__(
         self,
         graph_dir: Pathlike,

@@ -210,6 +210,8 @@ class TorchWfstDecoder:
     A batch that runs out of device memory is decoded in halves.
     """
 
+    backend = "torch"
+
     def __init__(
         self,
         graph_dir: Pathlike,
