@@ -23,7 +23,13 @@ arc tensors sorted by source state, emitting and epsilon arcs apart
 Costs are Kaldi's: ``acoustic_scale * (-log p) + lm_weight * graph cost``,
 the beam a bound on that sum, which is the search
 :class:`kdasr.decode.wfst.WfstDecoder` runs (it divides everything by
-``lm_weight``; the order of hypotheses is the same). At an utterance's last
+``lm_weight``; the order of hypotheses is the same), with Kaldi's adaptive
+beam: where ``max_active`` or ``min_active`` moved a frame's cutoff, the
+next frame's expansions are kept within that spread (+ 0.5). Kaldi prunes
+expansions against a running best, so it also keeps a few tokens admitted
+before the best was found; where ``max_active`` binds hard (a handful of
+tokens) the two searches can then differ, at the default beams they agree
+(300 of 300 demo test utterances). At an utterance's last
 frame its best token is chosen with the final weights, or without them if
 no final state is active (as ``FasterDecoder.get_best_path`` does), and the
 utterance leaves the batch: padding frames never touch it. Back-pointers
@@ -51,6 +57,7 @@ if TYPE_CHECKING:
 
 NBest = list[tuple[str, float]]
 _FST_MAGIC = 2125659606  # OpenFst's header magic
+BEAM_DELTA = 0.5  # Kaldi's FasterDecoderOptions.beam_delta: slack of the adaptive beam
 
 
 class DecodeMemoryError(RuntimeError):
@@ -230,9 +237,9 @@ class TorchWfstDecoder:
         if lm_weight <= 0 or acoustic_scale <= 0 or beam <= 0:
             raise ValueError(f"lm_weight, acoustic_scale and beam must be positive, got {lm_weight}, "
                              f"{acoustic_scale}, {beam}")
-        if max_active < 1 or min_active < 0 or max_eps_hops < 1:
-            raise ValueError(f"max_active and max_eps_hops must be at least 1 and min_active at least 0, got "
-                             f"{max_active}, {max_eps_hops}, {min_active}")
+        if not 0 <= min_active < max_active or max_eps_hops < 1:
+            raise ValueError(f"need 0 <= min_active < max_active and max_eps_hops >= 1, got {min_active}, "
+                             f"{max_active}, {max_eps_hops}")
         if nbest != 1:
             raise ValueError(f"the torch WFST search gives the 1-best only (nbest={nbest}); use backend=kaldi")
         self.device = torch.device(device)
@@ -312,11 +319,12 @@ class TorchWfstDecoder:
             if t >= 0:
                 if len(tok.key) == 0:
                     break
-                tok, cutoff = self._emit(tok, lp[:, t].reshape(-1), V, B)
+                tok, cutoff = self._emit(tok, lp[:, t].reshape(-1), V, B, adaptive)
                 tok, hops = self._closure(tok, cutoff)
             # Keep what the next frame expands, and the best final token of utterances that end here.
             utt = tok.key // S
-            keep = self._prune(tok.cost, utt, B) & (lens[utt] > t + 1)
+            keep, adaptive = self._prune(tok.cost, utt, B)
+            keep &= lens[utt] > t + 1
             needed = keep.clone()
             ending = ends_at.get(t) if t >= 0 else None
             chosen = None
@@ -343,9 +351,13 @@ class TorchWfstDecoder:
                           olabel=tok.olabel[keep])
         return self._traceback(records_parent, records_olabel, final_record), final_score.tolist()
 
-    def _emit(self, tok: _Tokens, lp_t: torch.Tensor, V: int, B: int) -> tuple[_Tokens, torch.Tensor]:
-        """Expand emitting arcs with one frame's log-probs ``lp_t`` (B * V,); one token per state; return it with
-        each utterance's cutoff."""
+    def _emit(self, tok: _Tokens, lp_t: torch.Tensor, V: int, B: int, beam: torch.Tensor
+              ) -> tuple[_Tokens, torch.Tensor]:
+        """Expand emitting arcs with one frame's log-probs ``lp_t`` (B * V,); one token per state.
+
+        New tokens are kept within ``beam`` (per utterance, from :meth:`_prune`) of the utterance's best;
+        returns them and that cutoff, which the epsilon closure uses too.
+        """
         g = self.graph
         S = g.num_states
         utt, state = tok.key // S, tok.key % S
@@ -354,7 +366,7 @@ class TorchWfstDecoder:
         ac = lp_t[u * V + g.emit_ilabel[arc] - 1]
         cost = tok.cost[rep] + self.lm_weight * g.emit_weight[arc] - self.acoustic_scale * ac
         best = torch.full((B,), float("inf"), device=cost.device).scatter_reduce_(0, u, cost, "amin")
-        cutoff = best + self.beam
+        cutoff = best + beam
         ok = (cost < cutoff[u]).nonzero().squeeze(1)
         rep, arc, u, cost = rep[ok], arc[ok], u[ok], cost[ok]
         keys, win, _ = _best_per_key(u * S + g.emit_dst[arc], cost)
@@ -400,17 +412,41 @@ class TorchWfstDecoder:
                 logging.debug("epsilon closure stopped after %d hops with tokens still improving", hops)
         return tok, hops
 
-    def _prune(self, cost: torch.Tensor, utt: torch.Tensor, B: int) -> torch.Tensor:
-        """Tokens within ``beam`` of their utterance's best, at most ``max_active``, at least ``min_active``."""
+    def _prune(self, cost: torch.Tensor, utt: torch.Tensor, B: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens to expand, and the beam for their expansions, per utterance (Kaldi's ``GetCutoff``).
+
+        Kept: cost within ``beam`` of the utterance's best, but at most the
+        ``max_active`` best and at least the ``min_active`` best. Where one of
+        the bounds moved the cutoff, the next frame's beam follows it (plus
+        ``BEAM_DELTA``), as Kaldi's adaptive beam does; where an utterance
+        has no more than ``min_active`` tokens nothing is pruned.
+        """
+        inf = float("inf")
         order = torch.argsort(cost, stable=True)
         order = order[torch.argsort(utt[order], stable=True)]
         counts = torch.bincount(utt, minlength=B)
         first = torch.cumsum(counts, 0) - counts
+        ranked = cost[order]
         rank = torch.empty_like(order)
         rank[order] = torch.arange(len(order), device=cost.device) - first[utt[order]]
-        best = torch.full((B,), float("inf"), device=cost.device).scatter_reduce_(0, utt, cost, "amin")
-        within = (cost < best[utt] + self.beam) | (rank < self.min_active)
-        return within & (rank < self.max_active)
+
+        def kth(k: int) -> torch.Tensor:  # cost of each utterance's token of rank k, inf where it has none
+            at = (first + k).clamp(max=max(len(ranked) - 1, 0))
+            return torch.where(counts > k, ranked[at] if len(ranked) else inf, inf)
+
+        best = kth(0)
+        cutoff = best + self.beam
+        beam = torch.full((B,), self.beam, device=cost.device)
+        max_cut = kth(self.max_active)
+        tighter = max_cut < cutoff
+        beam = torch.where(tighter, max_cut - best + BEAM_DELTA, beam)
+        cutoff = torch.where(tighter, max_cut, cutoff)
+        min_cut = kth(self.min_active) if self.min_active > 0 else torch.where(counts > 0, best, inf)
+        min_cut = torch.where(counts > self.min_active, min_cut, inf)
+        looser = min_cut > cutoff
+        beam = torch.where(looser, min_cut - best + BEAM_DELTA, beam)
+        cutoff = torch.where(looser, min_cut, cutoff)
+        return cost < cutoff[utt], beam
 
     def _final_choice(self, tok: _Tokens, sel: torch.Tensor, utt: torch.Tensor, B: int
                       ) -> tuple[torch.Tensor, torch.Tensor]:
