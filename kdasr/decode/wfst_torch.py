@@ -315,11 +315,12 @@ class TorchWfstDecoder:
                       eps=torch.full((n0,), -1, dtype=torch.long, device=dev),
                       olabel=torch.zeros(n0, dtype=torch.long, device=dev))
         tok, hops = self._closure(tok, torch.full((B,), self.beam, device=dev))
+        frames = lp.transpose(0, 1).contiguous()  # (T, B, V): one frame of the batch is a view
         for t in range(-1, T):
             if t >= 0:
-                if len(tok.key) == 0:
+                if len(key) == 0:
                     break
-                tok, cutoff = self._emit(tok, lp[:, t].reshape(-1), V, B, adaptive)
+                tok, cutoff = self._emit(key, cost, prev, frames[t].view(-1), V, B, adaptive)
                 tok, hops = self._closure(tok, cutoff)
             # Keep what the next frame expands, and the best final token of utterances that end here.
             utt = tok.key // S
@@ -339,38 +340,39 @@ class TorchWfstDecoder:
                     break
                 needed[src] = True
             new_index = torch.cumsum(needed, 0) - 1
-            parent = torch.where(tok.eps >= 0, n_records + new_index[tok.eps.clamp(min=0)], tok.prev)
-            records_parent.append(parent[needed])
-            records_olabel.append(tok.olabel[needed])
+            stored = needed.nonzero().squeeze(1)
+            eps = tok.eps[stored]
+            records_parent.append(torch.where(eps >= 0, n_records + new_index[eps.clamp(min=0)], tok.prev[stored]))
+            records_olabel.append(tok.olabel[stored])
             if chosen is not None:
                 final_record[utt[chosen]] = n_records + new_index[chosen]
                 final_score[utt[chosen]] = score
-            kept_g = n_records + new_index[keep]
-            n_records += int(needed.sum())
-            tok = _Tokens(key=tok.key[keep], cost=tok.cost[keep], prev=kept_g, eps=tok.eps[keep],
-                          olabel=tok.olabel[keep])
+            kept = keep.nonzero().squeeze(1)
+            key, cost, prev = tok.key[kept], tok.cost[kept], n_records + new_index[kept]
+            n_records += len(stored)
         return self._traceback(records_parent, records_olabel, final_record), final_score.tolist()
 
-    def _emit(self, tok: _Tokens, lp_t: torch.Tensor, V: int, B: int, beam: torch.Tensor
-              ) -> tuple[_Tokens, torch.Tensor]:
-        """Expand emitting arcs with one frame's log-probs ``lp_t`` (B * V,); one token per state.
+    def _emit(self, key: torch.Tensor, cost: torch.Tensor, prev: torch.Tensor, lp_t: torch.Tensor, V: int, B: int,
+              beam: torch.Tensor) -> tuple[_Tokens, torch.Tensor]:
+        """Expand the emitting arcs of the tokens ``(key, cost, prev)`` with one frame's log-probs ``lp_t``
+        (B * V,); keep one token per state.
 
         New tokens are kept within ``beam`` (per utterance, from :meth:`_prune`) of the utterance's best;
         returns them and that cutoff, which the epsilon closure uses too.
         """
         g = self.graph
         S = g.num_states
-        utt, state = tok.key // S, tok.key % S
+        utt, state = key // S, key % S
         rep, arc = _expand(g.emit_start, g.emit_count, state)
         u = utt[rep]
         ac = lp_t[u * V + g.emit_ilabel[arc] - 1]
-        cost = tok.cost[rep] + self.lm_weight * g.emit_weight[arc] - self.acoustic_scale * ac
+        cost = cost[rep] + self.lm_weight * g.emit_weight[arc] - self.acoustic_scale * ac
         best = torch.full((B,), float("inf"), device=cost.device).scatter_reduce_(0, u, cost, "amin")
         cutoff = best + beam
         ok = (cost < cutoff[u]).nonzero().squeeze(1)
         rep, arc, u, cost = rep[ok], arc[ok], u[ok], cost[ok]
         keys, win, _ = _best_per_key(u * S + g.emit_dst[arc], cost)
-        new = _Tokens(key=keys, cost=cost[win], prev=tok.prev[rep[win]],
+        new = _Tokens(key=keys, cost=cost[win], prev=prev[rep[win]],
                       eps=torch.full((len(keys),), -1, dtype=torch.long, device=keys.device),
                       olabel=g.emit_olabel[arc[win]])
         return new, cutoff
@@ -422,9 +424,11 @@ class TorchWfstDecoder:
         has no more than ``min_active`` tokens nothing is pruned.
         """
         inf = float("inf")
-        order = torch.argsort(cost, stable=True)
-        order = order[torch.argsort(utt[order], stable=True)]
         counts = torch.bincount(utt, minlength=B)
+        best = torch.full((B,), inf, device=cost.device).scatter_reduce_(0, utt, cost, "amin")
+        # One sort by (utterance, cost): the cost relative to the utterance's best, capped, below 2^20 apart.
+        rel = (cost - best[utt]).double().clamp(max=2.0**19)
+        order = torch.argsort(utt.double() * 2.0**20 + rel, stable=True)
         first = torch.cumsum(counts, 0) - counts
         ranked = cost[order]
         rank = torch.empty_like(order)
@@ -434,7 +438,6 @@ class TorchWfstDecoder:
             at = (first + k).clamp(max=max(len(ranked) - 1, 0))
             return torch.where(counts > k, ranked[at] if len(ranked) else inf, inf)
 
-        best = kth(0)
         cutoff = best + self.beam
         beam = torch.full((B,), self.beam, device=cost.device)
         max_cut = kth(self.max_active)
