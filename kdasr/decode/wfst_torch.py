@@ -396,7 +396,14 @@ class TorchWfstDecoder:
                 break
             src, arc, utt, cost = src[ok], arc[ok], utt[ok], cost[ok]
             n = len(tok.key)
-            keys, win, inv = _best_per_key(torch.cat([tok.key, utt * S + g.eps_dst[arc]]), torch.cat([tok.cost, cost]))
+            # Only candidates better than the token already at their state can change anything (tok.key is sorted).
+            cand = utt * S + g.eps_dst[arc]
+            at = torch.searchsorted(tok.key, cand).clamp(max=n - 1)
+            better = ((tok.key[at] != cand) | (cost < tok.cost[at])).nonzero().squeeze(1)
+            if len(better) == 0:
+                break
+            src, arc, cost, cand = src[better], arc[better], cost[better], cand[better]
+            keys, win, inv = _best_per_key(torch.cat([tok.key, cand]), torch.cat([tok.cost, cost]))
             old = win < n
             w_old, w_new = win.clamp(max=n - 1), (win - n).clamp(min=0)
             moved = inv[:n]  # new position of each old token
