@@ -60,7 +60,7 @@ def decode(checkpoint: Path, cuts_path: Path, lang_dir: Path, method: str, out_d
     try:
         summary = run_decode(checkpoint, cuts_path, lang_dir, out_dir, method, device, max_duration, decoder_opts,
                              name, num_jobs=num_jobs, scan_weights=scan_weights, scan_cuts=scan_cuts)
-    except ValueError as e:
+    except (ValueError, MemoryError) as e:  # MemoryError: a WFST search of one utterance too big for the device
         logging.error("%s", e)
         raise click.ClickException(str(e)) from e
     if "lm_weight" in summary:

@@ -60,8 +60,8 @@ _FST_MAGIC = 2125659606  # OpenFst's header magic
 BEAM_DELTA = 0.5  # Kaldi's FasterDecoderOptions.beam_delta: slack of the adaptive beam
 
 
-class DecodeMemoryError(RuntimeError):
-    """One utterance's search does not fit in device memory."""
+class DecodeMemoryError(MemoryError):
+    """One utterance's search does not fit in device memory (``kdasr decode`` prints it as one line)."""
 
 
 @dataclass
