@@ -249,7 +249,12 @@ class TorchWfstDecoder:
         self.acoustic_scale, self.lm_weight, self.beam = acoustic_scale, lm_weight, beam
         self.max_active, self.min_active, self.max_eps_hops = max_active, min_active, max_eps_hops
         self.words = read_word_list(self.graph_dir / "words.txt")
-        self.graph = load_graph_arcs(str((self.graph_dir / "TLG.fst").resolve()), str(self.device))
+        try:
+            self.graph = load_graph_arcs(str((self.graph_dir / "TLG.fst").resolve()), str(self.device))
+        except torch.OutOfMemoryError:
+            size = (self.graph_dir / "TLG.fst").stat().st_size
+            raise DecodeMemoryError(f"the graph {self.graph_dir / 'TLG.fst'} ({size / 2**30:.2f} GiB on disk, about "
+                                    f"twice that as tensors) does not fit in the memory of {self.device}") from None
 
     # -- public calls ------------------------------------------------------------------------
 
