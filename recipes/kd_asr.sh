@@ -43,7 +43,7 @@ lexicon=                 # phone lexicon (default for the demo: data/lexicon.txt
 experiments=conf/experiments.txt
 seeds=1                  # students are trained once per seed (name_seedN)
 decode_methods="greedy beam wfst"   # greedy | beam (flashlight, lexicon + n-gram LM) | wfst (TLG, same LM)
-use_gpu=false            # true: stage 8 decodes on CUDA (network, greedy/beam search, batched torch WFST search)
+use_gpu=                 # true: stage 8 decodes on CUDA (network, greedy/beam, batched torch WFST); false: CPU; empty: CUDA if any
 lm_order=3               # word n-gram of the WFST graph, trained on the training transcripts
 kd_temperature=2         # temperature of the teachers' soft labels
 train_jobs=1             # experiments trained (and decoded) at once, each with nproc/train_jobs threads
@@ -352,7 +352,7 @@ if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
         pool_add $exp/log/decode_${name}_${part}_$method.log \
           kdasr decode --checkpoint $exp/$name/best.pt --lang-dir $lang_dir --method $method \
             --cuts $data/fbank/cuts_${part}_${view}.jsonl.gz --out-dir $out $opts \
-            --device "$([ "$use_gpu" = true ] && echo cuda || echo cpu)"
+            ${use_gpu:+--device $([ "$use_gpu" = true ] && echo cuda || echo cpu)}
       done
     done
   done < <(expand_experiments)
