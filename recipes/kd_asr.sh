@@ -45,6 +45,7 @@ lexicon=                 # phone lexicon (default for the demo: data/lexicon.txt
 experiments=conf/experiments.txt
 seeds=1                  # students are trained once per seed (name_seedN)
 decode_methods="greedy beam wfst"   # greedy | beam (flashlight, lexicon + n-gram LM) | wfst (TLG, same LM)
+use_gpu=                 # true: stage 8 decodes on CUDA (network, greedy/beam, batched torch WFST); false: CPU; empty: CUDA if any
 lm_order=3               # word n-gram of the WFST graph, trained on the training transcripts
 kd_temperature=2         # temperature of the teachers' soft labels
 train_jobs=1             # experiments trained (and decoded) at once, each with nproc/train_jobs threads
@@ -313,7 +314,8 @@ job_start() {
     pool_add $exp/log/decode_${name}_${part}_$method.log \
       kdasr decode --checkpoint $exp/$name/best.pt --lang-dir $lang_dir --method $method \
         --cuts $data/fbank/cuts_${part}_${plan_view[$name]}.jsonl.gz \
-        --out-dir $exp/$name/decode_${part}_${plan_view[$name]}_${method} $opts
+        --out-dir $exp/$name/decode_${part}_${plan_view[$name]}_${method} $opts \
+        ${use_gpu:+--device $([ "$use_gpu" = true ] && echo cuda || echo cpu)}
   fi
 }
 # job_blocked JOB: JOB can never start (what it needs failed or was not run).

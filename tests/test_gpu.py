@@ -1,4 +1,4 @@
-"""CUDA paths: greedy decoding equals the CPU's, and training runs with AMP. Skipped without a GPU."""
+"""CUDA paths: greedy and CTC beam search equal the CPU's, and training runs with AMP. Skipped without a GPU."""
 from __future__ import annotations
 
 import copy
@@ -46,3 +46,19 @@ def test_greedy_on_gpu_equals_cpu(trained):
         decoder = make_decoder("greedy", tok, device=dev)
         out[dev] = decode_cuts(model.to(dev), cuts, decoder, torch.device(dev)).hyps
     assert out["cpu"] == out["cuda"]
+
+
+@pytest.mark.parametrize("margin", [4.0, 1.0])
+def test_cuda_beam_search_and_greedy_equal_cpu(tmp_path, margin):
+    """torchaudio's cuda_ctc_decoder (lexicon-free) against flashlight's CPU search, and greedy, on the same log-probs."""
+    from test_graph import batch, make_char_lang, random_peaky
+
+    tok = make_char_lang(tmp_path / "lang")
+    gen = torch.Generator().manual_seed(3)
+    lp, lens = batch([random_peaky(tok, ["ONE", "TWO", "THREE", "ON", "THE"], n, gen, margin=margin)
+                      for n in (1, 2, 3, 4, 5, 6, 7, 3)])
+    cpu_beam = make_decoder("beam", tok, device="cpu", beam_size=10)
+    cuda_beam = make_decoder("beam", tok, device="cuda", beam_size=10)
+    assert cuda_beam.use_cuda
+    assert cuda_beam(lp.cuda(), lens.cuda()) == cpu_beam(lp, lens)
+    assert make_decoder("greedy", tok, device="cuda")(lp.cuda(), lens.cuda()) == make_decoder("greedy", tok)(lp, lens)

@@ -33,4 +33,4 @@ experiments=conf/cpu/experiments.txt
 exec ../../recipes/kd_asr.sh --corpus kaldi \
   --train-part train --dev-part dev --test-parts test \
   --speed-perturb "0.9 1.0 1.1" --token-kind char \
-  --experiments $experiments "${args[@]}"
+  --use-gpu $use_gpu --experiments $experiments "${args[@]}"

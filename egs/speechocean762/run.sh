@@ -27,4 +27,4 @@ experiments=conf/experiments.txt
 exec ../../recipes/kd_asr.sh --corpus kaldi ${corpus_dir:+--corpus-dir "$corpus_dir" --kaldi-wav-root "$corpus_dir"} \
   --train-part train --dev-part dev --test-parts test --dev-speakers 10 --sampling-rate 16000 \
   --speed-perturb "0.9 1.0 1.1" --token-kind char \
-  --experiments $experiments "${args[@]}"
+  --use-gpu $use_gpu --experiments $experiments "${args[@]}"

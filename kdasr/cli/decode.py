@@ -33,7 +33,8 @@ def _weights(ctx: click.Context, param: click.Parameter, value: Optional[str]) -
 @click.option("--max-duration", default=200.0, help="Seconds of audio per batch.")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
               help="Decoder option, e.g. --opt beam=20 --opt graph_dir=data/lang_char/graph_x (repeatable); "
-                   "--opt nbest=K (beam, wfst) also writes nbest-*.txt.")
+                   "--opt nbest=K (beam, wfst) also writes nbest-*.txt; "
+                   "--opt backend=torch|kaldi picks the WFST search (default: torch on cuda, kaldi on cpu).")
 @click.option("--name", default=None, help="Test-set name in output files (default: from --cuts).")
 @click.option("--num-jobs", default=1, type=click.IntRange(min=1),
               help="WFST search in this many worker processes (same output as 1).")
@@ -60,7 +61,8 @@ def decode(checkpoint: Path, cuts_path: Path, lang_dir: Path, method: str, out_d
     try:
         summary = run_decode(checkpoint, cuts_path, lang_dir, out_dir, method, device, max_duration, decoder_opts,
                              name, num_jobs=num_jobs, scan_weights=scan_weights, scan_cuts=scan_cuts)
-    except (ValueError, DataError) as e:  # DataError: cuts without features, unreadable feature files
+    except (ValueError, DataError, MemoryError) as e:  # DataError: cuts without features, unreadable feature files;
+        # MemoryError: a WFST search of one utterance too big for the device
         logging.error("%s", e)
         raise click.ClickException(str(e)) from e
     if "lm_weight" in summary:

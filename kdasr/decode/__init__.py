@@ -10,6 +10,7 @@ processes import this package, and they should start fast.
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
 
 Decoder = Callable[["torch.Tensor", "torch.Tensor"], list[str]]
 METHODS = ("greedy", "beam", "wfst")
+# WFST searches by ``--opt backend=``: kaldi-decoder (CPU, one utterance at a time, n-best) or the batched
+# torch search (CPU or CUDA, 1-best); without the option, torch on a CUDA device and kaldi elsewhere.
+WFST_BACKENDS = {"kaldi": "kdasr.decode.wfst:WfstDecoder", "torch": "kdasr.decode.wfst_torch:TorchWfstDecoder"}
 
 
 class GreedyDecoder:
@@ -37,7 +41,7 @@ class GreedyDecoder:
         return [self.tokenizer.decode(seq) for seq in ids]
 
 
-def _decoder_class(method: str) -> type:
+def _decoder_class(method: str, backend: str = "kaldi") -> type:
     if method == "greedy":
         return GreedyDecoder
     if method == "beam":
@@ -45,9 +49,10 @@ def _decoder_class(method: str) -> type:
 
         return CtcBeamDecoder
     if method == "wfst":
-        from kdasr.decode.wfst import WfstDecoder
-
-        return WfstDecoder
+        if backend not in WFST_BACKENDS:
+            raise ValueError(f"unknown WFST backend {backend!r}; the backends are: {', '.join(WFST_BACKENDS)}")
+        module, name = WFST_BACKENDS[backend].split(":")
+        return getattr(importlib.import_module(module), name)
     raise ValueError(f"unknown decoding method {method!r}; the methods are: {', '.join(METHODS)}")
 
 
@@ -56,18 +61,23 @@ def make_decoder(method: str, tokenizer: "Tokenizer", **opts: Any) -> Decoder:
 
     ``device`` is accepted by every method (``kdasr decode`` always passes
     it): the beam search uses it to pick the CUDA decoder, greedy search runs
-    where the log-probs are, and the WFST search is CPU-only. An option the
+    where the log-probs are, and the WFST search picks its backend by it
+    unless ``backend`` is given (see :data:`WFST_BACKENDS`). An option the
     method does not take is an error that lists the ones it does, so a typo
     in ``--opt`` is not silently ignored.
     """
-    cls = _decoder_class(method)
-    params = inspect.signature(cls.__init__).parameters
-    accepted = [p for p in params if p not in ("self", "tokenizer")]
     device = opts.pop("device", None)
+    on_cuda = device is not None and str(device).startswith("cuda")
+    backend = opts.pop("backend", None)
+    if backend is not None and method != "wfst":
+        raise ValueError(f"decoding method {method!r} has one backend; backend= is a wfst option")
+    cls = _decoder_class(method, backend or ("torch" if on_cuda else "kaldi"))
+    params = inspect.signature(cls.__init__).parameters
+    accepted = [p for p in params if p not in ("self", "tokenizer")] + (["backend"] if method == "wfst" else [])
     if device is not None and "device" in params:
         opts["device"] = device
-    elif device is not None and str(device).startswith("cuda") and method == "wfst":
-        logging.info("WFST search runs on the CPU; log-probs are copied from %s", device)
+    elif on_cuda and method == "wfst":
+        logging.info("WFST search (kaldi-decoder) runs on the CPU; log-probs are copied from %s", device)
     unknown = sorted(set(opts) - set(accepted))
     if unknown:
         raise ValueError(f"decoding method {method!r} takes no option {', '.join(map(repr, unknown))}; "

@@ -532,3 +532,29 @@ def load_graph_info(graph_dir: Pathlike) -> dict:
     if not path.is_file():
         raise GraphError(f"{graph_dir} is not a built graph (no graph.yaml): run `kdasr graph`")
     return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def check_graph(graph_dir: Pathlike, tokenizer: Tokenizer) -> dict:
+    """``graph.yaml`` of ``graph_dir`` once it is known to be a complete graph of ``tokenizer``'s token set.
+
+    Decoders call it before any decoding, so a missing graph or one built
+    for another token set is one line naming both, not a wrong result.
+    """
+    graph_dir = Path(graph_dir)
+    if not (graph_dir / "graph.yaml").is_file() or not (graph_dir / "TLG.fst").is_file():
+        raise GraphError(f"{graph_dir} is not a built graph (no graph.yaml or TLG.fst) for the tokens of "
+                         f"{tokenizer.lang_dir}: run `kdasr graph`")
+    info = load_graph_info(graph_dir)
+    if info.get("lang_hash") != tokenizer.hash:
+        raise GraphError(f"graph {graph_dir} was built for another token set than {tokenizer.lang_dir} "
+                         "(lang hash differs): rebuild it with `kdasr graph`")
+    return info
+
+
+def read_word_list(path: Pathlike) -> list[str]:
+    """``words.txt`` as a list indexed by word id (ids without a word map to ``<eps>``)."""
+    table = read_symbols(path)
+    words = [EPS] * (max(table.values()) + 1)
+    for w, i in table.items():
+        words[i] = w
+    return words

@@ -21,6 +21,17 @@ from kdasr.score.wer import compute_wer, write_errs, write_recogs, write_wer_sum
 from kdasr.utils.io import atomic_write_text
 
 
+def check_log_probs(cut_ids: Sequence[str], log_probs: torch.Tensor, lens: torch.Tensor) -> None:
+    """Refuse a batch whose log-probs hold NaN within a cut's frames, naming the cut (a search would silently drop it)."""
+    valid = torch.arange(log_probs.shape[1], device=log_probs.device)[None, :] < lens.to(log_probs.device)[:, None]
+    bad = torch.isnan(log_probs).any(-1) & valid
+    if bool(bad.any()):
+        b = int(bad.any(-1).nonzero()[0])
+        frames = bad[b].nonzero().squeeze(1)
+        raise ValueError(f"cut {cut_ids[b]}: the model's log-probs are NaN at {len(frames)} of its {int(lens[b])} "
+                         f"frames (first: frame {int(frames[0])}); check its features and the checkpoint")
+
+
 class Decoded(NamedTuple):
     """What :func:`decode_cuts` returns; ``nbest`` is empty unless asked for."""
 
@@ -47,6 +58,7 @@ def decode_cuts(
     bar = tqdm(desc="decode", total=len(cuts), unit="utt", leave=False, disable=None)
     t0 = time.perf_counter()
     for batch in iter_model_outputs(model, cuts, device, max_duration):
+        check_log_probs(batch.cut_ids, batch.log_probs, batch.lens)
         if nbest:
             lists = decoder.hypotheses(batch.log_probs, batch.lens)  # type: ignore[attr-defined]
             texts = [hyps[0][0] for hyps in lists]
@@ -226,6 +238,7 @@ def run_decode(
         "method": method,
         "device": str(dev),
         "decoder_opts": opts,
+        **({"wfst_backend": decoder.backend} if hasattr(decoder, "backend") else {}),
         "wer": round(stats.wer, 2),
         "errors": stats.errors,
         "ref_words": stats.ref_words,

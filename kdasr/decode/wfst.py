@@ -28,7 +28,7 @@ import kaldi_decoder
 import kaldifst
 import numpy as np
 
-from kdasr.decode.graph import EPS, GraphError, load_graph_info, read_symbols
+from kdasr.decode.graph import EPS, check_graph, read_word_list
 from kdasr.utils.io import Pathlike
 
 if TYPE_CHECKING:
@@ -45,10 +45,7 @@ class _Search:
     def __init__(self, graph_dir: str, beam: float, max_active: int, min_active: int, lattice_beam: float,
                  nbest: int) -> None:
         self.fst = kaldifst.StdVectorFst.read(str(Path(graph_dir) / "TLG.fst"))
-        table = read_symbols(Path(graph_dir) / "words.txt")
-        self.words = [""] * (max(table.values()) + 1)
-        for w, i in table.items():
-            self.words[i] = w
+        self.words = read_word_list(Path(graph_dir) / "words.txt")
         self.nbest = nbest
         if nbest == 1:
             opts = kaldi_decoder.FasterDecoderOptions(beam=beam, max_active=max_active, min_active=min_active)
@@ -137,6 +134,8 @@ class WfstDecoder:
     for no gain in WER.
     """
 
+    backend = "kaldi"
+
     def __init__(
         self,
         graph_dir: Pathlike,
@@ -151,12 +150,7 @@ class WfstDecoder:
         nbest: int = 1,
     ) -> None:
         self.graph_dir = Path(graph_dir)
-        info = load_graph_info(self.graph_dir)
-        if info.get("lang_hash") != tokenizer.hash:
-            raise GraphError(
-                f"graph {self.graph_dir} was built for another token set than {tokenizer.lang_dir} "
-                "(lang hash differs): rebuild it with `kdasr graph`"
-            )
+        check_graph(self.graph_dir, tokenizer)
         if lm_weight <= 0 or acoustic_scale <= 0:
             raise ValueError(f"lm_weight and acoustic_scale must be positive, got {lm_weight}, {acoustic_scale}")
         if nbest < 1 or num_jobs < 1:
