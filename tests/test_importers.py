@@ -4,7 +4,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 from click.testing import CliRunner
 from lhotse import load_manifest
 from synth import AURORA_TEST, AURORA_TRAIN, write_audio
