@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
-from synth import AURORA_TEST, AURORA_TRAIN, LM_TEXTS, make_char_lang, write_audio
+from lhotse import CutSet
+from synth import AURORA_TEST, AURORA_TRAIN, LM_TEXTS, make_char_lang, write_audio, write_checkpoint
+
+import kdasr.decode.run
 
 from kdasr.data.tokenizer import Tokenizer
 from kdasr.decode.graph import build_graph
+from kdasr.models.inference import ModelOutputs
 
 
 @pytest.fixture
@@ -58,3 +63,32 @@ def aurora4_tree(tmp_path: Path) -> Path:
     )
     (tr / "test_eval92.lsn").write_text("".join(f"TEST {u.upper()} SENTENCE ({u.upper()})\n" for u in AURORA_TEST))
     return tmp_path / "corpus"
+
+
+@pytest.fixture(scope="session")
+def decode_setup(tmp_path_factory) -> dict:
+    """A char lang, a tiny CNN checkpoint and a TLG graph, for decode CLI tests whose network is replaced."""
+    root = tmp_path_factory.mktemp("decode_cli")
+    tok = make_char_lang(root / "lang")
+    return {"root": root, "tok": tok, "lang": root / "lang", "ckpt": write_checkpoint(root / "model.pt", tok),
+            "graph": build_graph(root / "lang", LM_TEXTS, order=3)}
+
+
+@pytest.fixture
+def network_output(monkeypatch) -> dict[str, torch.Tensor]:
+    """Fill the returned dict with cut id -> log-probs ``(T, V)``; decoding then uses those, 3 cuts a batch."""
+    table: dict[str, torch.Tensor] = {}
+
+    def fake(model, cuts: CutSet, device, max_duration) -> Iterator[ModelOutputs]:
+        cuts = list(cuts)
+        for i in range(0, len(cuts), 3):
+            chunk = cuts[i:i + 3]
+            items = [table[c.id] for c in chunk]
+            lens = torch.tensor([x.shape[0] for x in items])
+            lp = torch.full((len(items), int(lens.max()), items[0].shape[1]), -1e4)
+            for b, x in enumerate(items):
+                lp[b, : x.shape[0]] = x
+            yield ModelOutputs(chunk, lp, lens, lens * 4)
+
+    monkeypatch.setattr(kdasr.decode.run, "iter_model_outputs", fake)
+    return table

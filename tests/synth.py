@@ -18,10 +18,16 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import soundfile as sf
 import torch
+import yaml
+from click.testing import CliRunner
 from lhotse import CutSet, MonoCut, NumpyFilesWriter, SupervisionSegment
 from lhotse.features.base import Features
 
+from kdasr.cli.main import cli
 from kdasr.data.tokenizer import Tokenizer, build_char_lang, texts_from_cuts
+from kdasr.models import build_model
+from kdasr.train.checkpoint import save_checkpoint
+from kdasr.utils.io import save_manifest
 
 WORDS = ["ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "ON", "OFF"]
 
@@ -160,3 +166,28 @@ def write_audio(path: Path, seconds: float = 0.3, sr: int = 16000, fmt: Optional
 
 AURORA_TRAIN = {"011": ["011c0201", "011c0202"], "012": ["012c0201"], "013": ["013c0201"]}
 AURORA_TEST = ["440c0201", "441c0201"]
+
+
+def write_checkpoint(path: Path, tok: Tokenizer, num_features: int = 20) -> Path:
+    torch.manual_seed(0)
+    model = build_model({"name": "cnn", "channels": 8, "num_layers": 1}, num_features, tok.vocab_size)
+    save_checkpoint(path, {"model": model.state_dict(), "model_cfg": model.model_cfg, "num_features": num_features,
+                           "vocab_size": tok.vocab_size, "lang_hash": tok.hash})
+    return path
+
+
+def text_cuts(path: Path, texts: dict[str, str]) -> Path:
+    """Cuts without audio (the network is replaced): only ids, durations and transcripts."""
+    cuts = [MonoCut(id=cid, start=0, duration=1.0, channel=0,
+                    supervisions=[SupervisionSegment(id=cid, recording_id=cid, start=0, duration=1.0, text=text)])
+            for cid, text in texts.items()]
+    save_manifest(CutSet.from_cuts(cuts), path)
+    return path
+
+
+def decode(setup: dict, out: Path, cuts: Path, *args: str) -> dict:
+    """``kdasr decode`` of ``cuts`` with the checkpoint and lang of ``setup`` (the decode_setup fixture); its decode.yaml."""
+    res = CliRunner().invoke(cli, ["decode", "--checkpoint", str(setup["ckpt"]), "--cuts", str(cuts),
+                                   "--lang-dir", str(setup["lang"]), "--out-dir", str(out), "--device", "cpu", *args])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    return yaml.safe_load((out / "decode.yaml").read_text())

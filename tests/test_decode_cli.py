@@ -6,84 +6,26 @@ one case runs a real (untrained) checkpoint over feature cuts end to end.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from lhotse import CutSet, MonoCut, SupervisionSegment
+from lhotse import CutSet
 from lhotse.utils import fastcopy
-from synth import GRAPH_WORDS, LM_TEXTS, ambiguous, make_char_lang, make_feature_cuts, random_peaky
+from synth import GRAPH_WORDS, ambiguous, decode, make_feature_cuts, random_peaky, text_cuts, write_checkpoint
 
-import kdasr.decode.run as run_module
 from kdasr.cli.main import cli
-from kdasr.data.tokenizer import Tokenizer, build_char_lang
+from kdasr.data.tokenizer import build_char_lang
 from kdasr.decode.graph import build_graph
-from kdasr.models import build_model
-from kdasr.models.inference import ModelOutputs
-from kdasr.train.checkpoint import save_checkpoint
 from kdasr.utils.io import save_manifest
 
 WORDS = GRAPH_WORDS
 
 
-def write_checkpoint(path: Path, tok: Tokenizer, num_features: int = 20) -> Path:
-    torch.manual_seed(0)
-    model = build_model({"name": "cnn", "channels": 8, "num_layers": 1}, num_features, tok.vocab_size)
-    save_checkpoint(path, {"model": model.state_dict(), "model_cfg": model.model_cfg, "num_features": num_features,
-                           "vocab_size": tok.vocab_size, "lang_hash": tok.hash})
-    return path
-
-
-def text_cuts(path: Path, texts: dict[str, str]) -> Path:
-    """Cuts without audio (the network is replaced): only ids, durations and transcripts."""
-    cuts = [MonoCut(id=cid, start=0, duration=1.0, channel=0,
-                    supervisions=[SupervisionSegment(id=cid, recording_id=cid, start=0, duration=1.0, text=text)])
-            for cid, text in texts.items()]
-    save_manifest(CutSet.from_cuts(cuts), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("decode_cli")
-    tok = make_char_lang(root / "lang")
-    return {"root": root, "tok": tok, "lang": root / "lang", "ckpt": write_checkpoint(root / "model.pt", tok),
-            "graph": build_graph(root / "lang", LM_TEXTS, order=3)}
-
-
-@pytest.fixture
-def network_output(monkeypatch) -> dict[str, torch.Tensor]:
-    """Fill the returned dict with cut id -> log-probs ``(T, V)``; decoding then uses those, 3 cuts a batch."""
-    table: dict[str, torch.Tensor] = {}
-
-    def fake(model, cuts: CutSet, device, max_duration) -> Iterator[ModelOutputs]:
-        cuts = list(cuts)
-        for i in range(0, len(cuts), 3):
-            chunk = cuts[i:i + 3]
-            items = [table[c.id] for c in chunk]
-            lens = torch.tensor([x.shape[0] for x in items])
-            lp = torch.full((len(items), int(lens.max()), items[0].shape[1]), -1e4)
-            for b, x in enumerate(items):
-                lp[b, : x.shape[0]] = x
-            yield ModelOutputs(chunk, lp, lens, lens * 4)
-
-    monkeypatch.setattr(run_module, "iter_model_outputs", fake)
-    return table
-
-
-def decode(setup: dict, out: Path, cuts: Path, *args: str) -> dict:
-    res = CliRunner().invoke(cli, ["decode", "--checkpoint", str(setup["ckpt"]), "--cuts", str(cuts),
-                                   "--lang-dir", str(setup["lang"]), "--out-dir", str(out), "--device", "cpu", *args])
-    assert res.exit_code == 0, res.output + repr(res.exception)
-    return yaml.safe_load((out / "decode.yaml").read_text())
-
-
 @pytest.mark.parametrize("method", ["wfst", "beam"])
-def test_scan_picks_the_weight_of_lowest_dev_wer(setup, network_output, tmp_path, method) -> None:
-    tok = setup["tok"]
+def test_scan_picks_the_weight_of_lowest_dev_wer(decode_setup, network_output, tmp_path, method) -> None:
+    tok = decode_setup["tok"]
     # At a tiny LM weight the acoustics win ('ON TWO', 'ONE THE'); at 1 the LM gives the references.
     texts = {"dev-1": "ONE TWO", "dev-2": "ON THE", "test-1": "ON THE", "test-2": "ONE TWO"}
     acoustic = {"dev-1": (0.4, "TWO"), "dev-2": (0.6, "THE"), "test-1": (0.6, "THE"), "test-2": (0.4, "TWO")}
@@ -91,7 +33,7 @@ def test_scan_picks_the_weight_of_lowest_dev_wer(setup, network_output, tmp_path
     dev = text_cuts(tmp_path / "cuts_dev.jsonl.gz", {k: v for k, v in texts.items() if k.startswith("dev")})
     test = text_cuts(tmp_path / "cuts_test.jsonl.gz", {k: v for k, v in texts.items() if k.startswith("test")})
     out = tmp_path / "out"
-    summary = decode(setup, out, test, "--method", method, "--opt", f"graph_dir={setup['graph']}",
+    summary = decode(decode_setup, out, test, "--method", method, "--opt", f"graph_dir={decode_setup['graph']}",
                      "--scan-lm-weights", "0.01,1,0.02", "--scan-cuts", str(dev))
     scan = yaml.safe_load((out / f"lm-weight-scan-dev-{method}.yaml").read_text())
     assert [row["lm_weight"] for row in scan["table"]] == [0.01, 1.0, 0.02]
@@ -102,23 +44,23 @@ def test_scan_picks_the_weight_of_lowest_dev_wer(setup, network_output, tmp_path
     assert summary["wer"] == 0.0
 
 
-def test_parallel_wfst_equals_serial_and_nbest_file(setup, network_output, tmp_path) -> None:
-    tok = setup["tok"]
+def test_parallel_wfst_equals_serial_and_nbest_file(decode_setup, network_output, tmp_path) -> None:
+    tok = decode_setup["tok"]
     gen = torch.Generator().manual_seed(5)
     texts = {}
     for i, n in enumerate((3, 1, 4, 2, 5, 2, 3)):
         network_output[f"utt-{i}"] = random_peaky(tok, WORDS, n, gen, margin=1.0)  # noisy: the LM matters
         texts[f"utt-{i}"] = "ONE TWO"
     cuts = text_cuts(tmp_path / "cuts_test.jsonl.gz", texts)
-    graph = ["--method", "wfst", "--opt", f"graph_dir={setup['graph']}"]
-    decode(setup, tmp_path / "serial", cuts, *graph)
-    parallel = decode(setup, tmp_path / "parallel", cuts, *graph, "--num-jobs", "2")
+    graph = ["--method", "wfst", "--opt", f"graph_dir={decode_setup['graph']}"]
+    decode(decode_setup, tmp_path / "serial", cuts, *graph)
+    parallel = decode(decode_setup, tmp_path / "parallel", cuts, *graph, "--num-jobs", "2")
     assert parallel["decoder_opts"]["num_jobs"] == 2
     serial_recogs = (tmp_path / "serial" / "recogs-test-wfst.txt").read_text()
     assert (tmp_path / "parallel" / "recogs-test-wfst.txt").read_text() == serial_recogs
     assert len({line for line in serial_recogs.splitlines() if "hyp=" in line}) > 2  # not all the same output
 
-    decode(setup, tmp_path / "nbest", cuts, *graph, "--num-jobs", "2", "--opt", "nbest=3")
+    decode(decode_setup, tmp_path / "nbest", cuts, *graph, "--num-jobs", "2", "--opt", "nbest=3")
     rows = [line.split("\t") for line in (tmp_path / "nbest" / "nbest-test-wfst.txt").read_text().splitlines()]
     assert {r[0] for r in rows} == set(texts) and max(int(r[1]) for r in rows) > 1
     top = {r[0]: r[3] for r in rows if r[1] == "1"}
@@ -127,11 +69,11 @@ def test_parallel_wfst_equals_serial_and_nbest_file(setup, network_output, tmp_p
         assert f"{cid}:\thyp={text.split()}" in serial_recogs
 
 
-def test_option_errors(setup, network_output, tmp_path) -> None:
-    tok = setup["tok"]
+def test_option_errors(decode_setup, network_output, tmp_path) -> None:
+    tok = decode_setup["tok"]
     network_output["dev-1"] = ambiguous(tok, 0.4, "TWO")
     dev = text_cuts(tmp_path / "cuts_dev.jsonl.gz", {"dev-1": "ONE TWO"})
-    base = ["decode", "--checkpoint", str(setup["ckpt"]), "--cuts", str(dev), "--lang-dir", str(setup["lang"]),
+    base = ["decode", "--checkpoint", str(decode_setup["ckpt"]), "--cuts", str(dev), "--lang-dir", str(decode_setup["lang"]),
             "--out-dir", str(tmp_path / "out"), "--device", "cpu"]
     cases = [
         (["--num-jobs", "2"], "only the wfst method"),
@@ -139,7 +81,7 @@ def test_option_errors(setup, network_output, tmp_path) -> None:
         (["--scan-lm-weights", "0.5,x", "--scan-cuts", str(dev)], "not a comma-separated list"),
         (["--scan-lm-weights", "1", "--scan-cuts", str(dev)], "'greedy' has no LM weight"),
         (["--method", "beam", "--scan-lm-weights", "1", "--scan-cuts", str(dev)], "no LM whose weight"),
-        (["--method", "wfst", "--opt", f"graph_dir={setup['graph']}", "--opt", "lm_weight=1",
+        (["--method", "wfst", "--opt", f"graph_dir={decode_setup['graph']}", "--opt", "lm_weight=1",
           "--scan-lm-weights", "1", "--scan-cuts", str(dev)], "not both"),
     ]
     for args, message in cases:

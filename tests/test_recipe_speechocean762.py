@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 from lhotse import load_manifest
 
-from test_recipes_real import (
-    REPO, check_stages_0_to_3, recipe_copy, run_recipe, sentence, test_experiment_configs_build, write_tone,
-)
+from recipe_tools import REPO, check_stages_0_to_3, recipe_copy, run_recipe, sentence, write_tone
 
 TRAIN_SPEAKERS = [f"{i:04d}" for i in (1, 5, 6, 8, 11, 12, 13, 16, 19, 21, 22, 25)]
 TEST_SPEAKERS = ["0003", "0007"]
@@ -80,10 +78,3 @@ def test_speechocean762_recipe_stages_0_to_3(tmp_path: Path) -> None:
     # A rerun keeps the manifests as they are (no copies of copies).
     run_recipe(recipe, "--corpus-dir", str(corpus), "--stop-stage", "0")
     assert sorted(c.id for c in load_manifest(data / "manifests" / "cuts_train.jsonl.gz")) == sorted(by_id)
-
-
-@pytest.mark.parametrize("experiments", ["speechocean762/conf/experiments.txt", "speechocean762/conf/gpu/experiments.txt",
-                                         "kaldi_data/conf/cpu/experiments.txt", "kaldi_data/conf/cpu/experiments_wb.txt"])
-def test_new_experiment_lists_build(experiments: str) -> None:
-    """Each line's configs merge (the gpu/cpu train.yaml through ``base``) and its model builds."""
-    test_experiment_configs_build(experiments)

@@ -7,7 +7,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +14,6 @@ import yaml
 from click.testing import CliRunner
 
 from kdasr.cli.main import cli
-from kdasr.data.tokenizer import build_char_lang, texts_from_cuts
 from kdasr.models.checkpoint import load_checkpoint
 from kdasr.train.checkpoint import average_checkpoints
 from kdasr.train.trainer import Trainer, warmup_schedule

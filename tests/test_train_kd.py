@@ -6,7 +6,6 @@ import copy
 import dataclasses
 
 import pytest
-import torch
 from lhotse import CutSet
 
 from kdasr.config import ConfigError

@@ -14,8 +14,7 @@ import kaldifst
 import pytest
 import torch
 import yaml
-from test_decode_cli import decode, network_output, setup, text_cuts  # noqa: F401 (fixtures)
-from test_graph import LM_TEXTS, batch, make_char_lang, random_peaky
+from synth import LM_TEXTS, batch, decode, make_char_lang, random_peaky, text_cuts
 
 import kdasr.decode.wfst_torch as wt
 from kdasr.data.tokenizer import Tokenizer, build_char_lang
@@ -261,17 +260,17 @@ def test_out_of_memory_splits_the_batch(lm_graph, monkeypatch) -> None:
         dec.hypotheses(lp[:1, :3], lens[:1].clamp(max=3))
 
 
-def test_cli_backend_torch_equals_kaldi(setup, network_output, tmp_path) -> None:  # noqa: F811
-    tok = setup["tok"]
+def test_cli_backend_torch_equals_kaldi(decode_setup, network_output, tmp_path) -> None:
+    tok = decode_setup["tok"]
     gen = torch.Generator().manual_seed(5)
     texts = {}
     for i, n in enumerate((3, 1, 4, 2, 5, 2, 3)):
         network_output[f"utt-{i}"] = random_peaky(tok, WORDS, n, gen, margin=1.0)
         texts[f"utt-{i}"] = "ONE TWO"
     cuts = text_cuts(tmp_path / "cuts_test.jsonl.gz", texts)
-    graph = ["--method", "wfst", "--opt", f"graph_dir={setup['graph']}"]
-    kaldi = decode(setup, tmp_path / "kaldi", cuts, *graph)
-    torch_cpu = decode(setup, tmp_path / "torch", cuts, *graph, "--opt", "backend=torch")
+    graph = ["--method", "wfst", "--opt", f"graph_dir={decode_setup['graph']}"]
+    kaldi = decode(decode_setup, tmp_path / "kaldi", cuts, *graph)
+    torch_cpu = decode(decode_setup, tmp_path / "torch", cuts, *graph, "--opt", "backend=torch")
     assert (kaldi["wfst_backend"], torch_cpu["wfst_backend"]) == ("kaldi", "torch")
     assert ((tmp_path / "torch" / "recogs-test-wfst.txt").read_text()
             == (tmp_path / "kaldi" / "recogs-test-wfst.txt").read_text())
