@@ -63,11 +63,10 @@ def shipped(tmp_path_factory) -> Iterator[dict]:
             "data": {"train_cuts": str(data / "fbank" / f"cuts_train_{view}.jsonl.gz"),
                      "dev_cuts": str(data / "fbank" / f"cuts_dev_{view}.jsonl.gz"),
                      "lang_dir": str(data / "lang_char"), "cmvn": str(data / "fbank" / f"cmvn_{view}.json"),
-                     "max_duration": 20.0, "num_buckets": 2},
+                     "max_duration": 20.0, "num_buckets": 2, "augment": {"specaugment": {"enabled": False}}},
             "model": {"name": "cnn", "channels": 48, "num_layers": 2, "kernel_size": 5},
             "train": {"epochs": 6, "lr": 3e-3, "warmup_steps": 5, "save_every_n": 0, "keep_last_n": 0,
-                      "early_stop_patience": 0, "log_every_n": 50, "amp": False, "device": "cpu",
-                      "spec_augment": {"enabled": False}},
+                      "early_stop_patience": 0, "log_every_n": 50, "amp": False, "device": "cpu"},
         }
         config = root / f"train_{view}.yaml"
         config.write_text(yaml.safe_dump(cfg))
