@@ -78,3 +78,22 @@ def test_speechocean762_recipe_stages_0_to_3(tmp_path: Path) -> None:
     # A rerun keeps the manifests as they are (no copies of copies).
     run_recipe(recipe, "--corpus-dir", str(corpus), "--stop-stage", "0")
     assert sorted(c.id for c in load_manifest(data / "manifests" / "cuts_train.jsonl.gz")) == sorted(by_id)
+
+
+def test_kaldi_import_holds_out_dev_speakers(tmp_path: Path, monkeypatch) -> None:
+    from kdasr.data.importers import import_kaldi_dir
+
+    corpus = speechocean762_tree(tmp_path / "so")
+    monkeypatch.chdir(corpus)  # wav.scp paths start at the corpus root
+    out = tmp_path / "manifests"
+    import_kaldi_dir(corpus / "train", out, "train", dev_speakers=3, dev_part="dev", seed=1)
+    parts = {p: load_manifest(out / f"cuts_{p}.jsonl.gz") for p in ("train", "dev")}
+    spk = {p: {c.supervisions[0].speaker for c in cs} for p, cs in parts.items()}
+    assert len(spk["dev"]) == 3 and spk["train"] | spk["dev"] == set(TRAIN_SPEAKERS) and not spk["train"] & spk["dev"]
+    dev_recs = {r.id for r in load_manifest(out / "recordings_dev.jsonl.gz")}
+    assert dev_recs == {c.id for c in parts["dev"]}
+    # the same seed picks the same speakers
+    import_kaldi_dir(corpus / "train", tmp_path / "again", "train", dev_speakers=3, seed=1)
+    assert {c.supervisions[0].speaker for c in load_manifest(tmp_path / "again" / "cuts_dev.jsonl.gz")} == spk["dev"]
+    with pytest.raises(ValueError, match="cannot hold out 12 of the 12 training speakers"):
+        import_kaldi_dir(corpus / "train", tmp_path / "x", "train", dev_speakers=12)
