@@ -256,7 +256,8 @@ def test_out_of_memory_splits_the_batch(lm_graph, monkeypatch) -> None:
     assert sizes == [5, 3, 2, 1, 2]
     monkeypatch.setattr(dec, "search", lambda lp, lens: (_ for _ in ()).throw(
         torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.50 GiB")))
-    with pytest.raises(DecodeMemoryError, match=r"one utterance of 3 frames ran out of memory on cpu \(asked for 2.50 GiB\)"):
+    message = r"one utterance of 3 frames ran out of memory on cpu \(asked for 2.50 GiB\)"
+    with pytest.raises(DecodeMemoryError, match=message):
         dec.hypotheses(lp[:1, :3], lens[:1].clamp(max=3))
 
 

@@ -347,7 +347,8 @@ def main() -> None:
                 close()
 
         wfst_rows(f"WFST search, synthetic {info['lexicon_words']}-word {args.order}-gram (TLG {info['TLG']['arcs']} "
-                  f"arcs), {args.num_utts} x {args.duration:.0f} s", tok, graph, [x for x, _ in utts], refs, audio, args)
+                  f"arcs), {args.num_utts} x {args.duration:.0f} s",
+                  tok, graph, [x for x, _ in utts], refs, audio, args)
     if args.graph is not None:
         if args.checkpoint is None or args.cuts is None or args.lang_dir is None:
             ap.error("--graph needs --lang-dir, --checkpoint and --cuts (the model's log-probs are searched)")

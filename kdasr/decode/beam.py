@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
 from kdasr.data.tokenizer import BLANK, UNK, WORD_SEP
-from kdasr.decode.graph import GraphError, arpa_words, load_graph_info, spell_words
+from kdasr.decode.graph import GraphError, arpa_words, check_graph, spell_words
 from kdasr.utils.io import Pathlike, read_utf8
 
 if TYPE_CHECKING:
@@ -79,9 +79,7 @@ class CtcBeamDecoder:
         self.lm_path: Optional[Path] = None
         self.lexicon_path: Optional[Path] = None
         if graph_dir is not None:
-            info = load_graph_info(graph_dir)
-            if info.get("lang_hash") != tokenizer.hash:
-                raise GraphError(f"graph {graph_dir} was built for another token set than {tokenizer.lang_dir}")
+            check_graph(graph_dir, tokenizer)
             self.lexicon_path = Path(graph_dir) / "lexicon.txt"
             if lm is True and (Path(graph_dir) / "G.arpa").is_file():
                 self.lm_path = Path(graph_dir) / "G.arpa"

@@ -42,9 +42,9 @@ import functools
 import logging
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Union
+from typing import TYPE_CHECKING, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
@@ -169,6 +169,18 @@ def load_graph_arcs(path: str, device: str) -> GraphArcs:
         eps_start=t(p_start), eps_count=t(p_count), eps_dst=t(a["dst"][p_idx]), eps_olabel=t(a["olabel"][p_idx]),
         eps_weight=t(a["weight"][p_idx]),
     )
+
+
+@dataclass
+class _Trace:
+    """Back-pointer records of all frames so far (global index = position in their concatenation) and the
+    chosen final record and score per utterance."""
+
+    final_record: torch.Tensor
+    final_score: torch.Tensor
+    parents: list[torch.Tensor] = field(default_factory=list)
+    olabels: list[torch.Tensor] = field(default_factory=list)
+    n: int = 0
 
 
 class _Tokens(NamedTuple):
@@ -304,58 +316,63 @@ class TorchWfstDecoder:
         g, dev = self.graph, lp.device
         B, T, V = lp.shape
         S = g.num_states
-        inf = torch.tensor(float("inf"), device=dev)
-        records_parent: list[torch.Tensor] = []
-        records_olabel: list[torch.Tensor] = []
-        n_records = 0
-        final_record = torch.full((B,), -1, dtype=torch.long, device=dev)
-        final_score = torch.where(lens == 0, 0.0, -inf)
+        trace = _Trace(final_record=torch.full((B,), -1, dtype=torch.long, device=dev),
+                       final_score=torch.where(lens == 0, 0.0, float("-inf")))
         lens_cpu = lens.cpu()
         ends_at = {int(t): (lens == t + 1) for t in torch.unique(lens_cpu[lens_cpu > 0] - 1).tolist()}
-
         live = (lens > 0).nonzero().squeeze(1)
         n0 = len(live)
-        tok = _Tokens(key=live * S + g.start_state, cost=torch.zeros(n0, device=dev),
-                      prev=torch.full((n0,), -1, dtype=torch.long, device=dev),
-                      eps=torch.full((n0,), -1, dtype=torch.long, device=dev),
+        none = torch.full((n0,), -1, dtype=torch.long, device=dev)
+        tok = _Tokens(key=live * S + g.start_state, cost=torch.zeros(n0, device=dev), prev=none, eps=none,
                       olabel=torch.zeros(n0, dtype=torch.long, device=dev))
         tok, hops = self._closure(tok, torch.full((B,), self.beam, device=dev))
+        key, cost, prev, beam = self._store(tok, hops, lens[tok.key // S] > 0, None, trace)
         frames = lp.transpose(0, 1).contiguous()  # (T, B, V): one frame of the batch is a view
-        for t in range(-1, T):
-            if t >= 0:
-                if len(key) == 0:
-                    break
-                tok, cutoff = self._emit(key, cost, prev, frames[t].view(-1), V, B, adaptive)
-                tok, hops = self._closure(tok, cutoff)
-            # Keep what the next frame expands, and the best final token of utterances that end here.
-            utt = tok.key // S
-            keep, adaptive = self._prune(tok.cost, utt, B)
-            keep &= lens[utt] > t + 1
-            needed = keep.clone()
-            ending = ends_at.get(t) if t >= 0 else None
-            chosen = None
-            if ending is not None:
-                sel = ending[utt].nonzero().squeeze(1)
-                if len(sel):
-                    chosen, score = self._final_choice(tok, sel, utt[sel], B)
-                    needed[chosen] = True
-            for _ in range(hops):  # epsilon ancestors of kept tokens are traced back through
-                src = tok.eps[needed & (tok.eps >= 0)]
-                if len(src) == 0:
-                    break
-                needed[src] = True
-            new_index = torch.cumsum(needed, 0) - 1
-            stored = needed.nonzero().squeeze(1)
-            eps = tok.eps[stored]
-            records_parent.append(torch.where(eps >= 0, n_records + new_index[eps.clamp(min=0)], tok.prev[stored]))
-            records_olabel.append(tok.olabel[stored])
-            if chosen is not None:
-                final_record[utt[chosen]] = n_records + new_index[chosen]
-                final_score[utt[chosen]] = score
-            kept = keep.nonzero().squeeze(1)
-            key, cost, prev = tok.key[kept], tok.cost[kept], n_records + new_index[kept]
-            n_records += len(stored)
-        return self._traceback(records_parent, records_olabel, final_record), final_score.tolist()
+        for t in range(T):
+            if len(key) == 0:
+                break
+            tok, cutoff = self._emit(key, cost, prev, frames[t].view(-1), V, B, beam)
+            tok, hops = self._closure(tok, cutoff)
+            key, cost, prev, beam = self._store(tok, hops, lens[tok.key // S] > t + 1, ends_at.get(t), trace)
+        return self._traceback(trace.parents, trace.olabels, trace.final_record), trace.final_score.tolist()
+
+    def _store(self, tok: _Tokens, hops: int, alive: torch.Tensor, ending: Optional[torch.Tensor], trace: "_Trace"
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Record a frame's tokens and return ``(key, cost, prev, beam)`` of those the next frame expands.
+
+        ``alive``: per token, whether its utterance has frames left; ``ending``: per utterance,
+        whether it ends at this frame, so its best final token is chosen. The
+        records kept are the tokens to expand, those chosen, and their
+        epsilon ancestors in this frame (the back-pointers pass through them).
+        """
+        B = len(trace.final_record)
+        utt = tok.key // self.graph.num_states
+        keep, beam = self._prune(tok.cost, utt, B)
+        keep &= alive
+        needed = keep.clone()
+        chosen = None
+        if ending is not None:
+            sel = ending[utt].nonzero().squeeze(1)
+            if len(sel):
+                chosen, score = self._final_choice(tok, sel, utt[sel], B)
+                needed[chosen] = True
+        for _ in range(hops):
+            src = tok.eps[needed & (tok.eps >= 0)]
+            if len(src) == 0:
+                break
+            needed[src] = True
+        new_index = torch.cumsum(needed, 0) - 1
+        stored = needed.nonzero().squeeze(1)
+        eps = tok.eps[stored]
+        trace.parents.append(torch.where(eps >= 0, trace.n + new_index[eps.clamp(min=0)], tok.prev[stored]))
+        trace.olabels.append(tok.olabel[stored])
+        if chosen is not None:
+            trace.final_record[utt[chosen]] = trace.n + new_index[chosen]
+            trace.final_score[utt[chosen]] = score
+        kept = keep.nonzero().squeeze(1)
+        out = tok.key[kept], tok.cost[kept], trace.n + new_index[kept], beam
+        trace.n += len(stored)
+        return out
 
     def _emit(self, key: torch.Tensor, cost: torch.Tensor, prev: torch.Tensor, lp_t: torch.Tensor, V: int, B: int,
               beam: torch.Tensor) -> tuple[_Tokens, torch.Tensor]:
