@@ -115,7 +115,7 @@ def model_log_probs(checkpoint: Path, cuts_path: Path, lang: Path) -> tuple[list
     from lhotse import CutSet
 
     from kdasr.decode.run import iter_log_probs
-    from kdasr.train.checkpoint import load_model
+    from kdasr.models.checkpoint import load_model
 
     cuts = CutSet.from_file(cuts_path).to_eager()
     model, _ = load_model(checkpoint, torch.device("cpu"))

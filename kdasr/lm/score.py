@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from kdasr.lm.data import PAD_ID, LmText, Vocab, iter_batches, load_text, make_batches
 from kdasr.lm.model import lm_from_checkpoint
-from kdasr.train.checkpoint import load_checkpoint
+from kdasr.models.checkpoint import load_checkpoint
 from kdasr.utils.io import Pathlike
 
 

@@ -29,10 +29,10 @@ from kdasr.lm.data import PAD_ID, Vocab, collate, load_text, make_batches, read_
 from kdasr.lm.losses import check_trust, lm_kd_loss
 from kdasr.lm.model import build_lm
 from kdasr.lm.score import load_lm, perplexity
+from kdasr.models.checkpoint import load_checkpoint
 from kdasr.train.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
-    load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
