@@ -308,7 +308,7 @@ def test_augmentation_check() -> None:
                                    "data": {"augment": {"specaugment": {"enabled": False, "time_warp_factor": 80}}}})
     with pytest.raises(ConfigError, match=r"but data.augment.specaugment.time_warp_factor = 80 moves them") as e:
         check_augmentation_compatible({"kd": {"teachers": teachers}, "data": {"augment": warp}})
-    assert "online teacher (kd.teachers[].checkpoint)" in str(e.value)
+    assert "precomputed copies (`kdasr prepare speed`)" in str(e.value)
 
 
 def test_registries_dispatch_and_refuse_by_name(setup) -> None:

@@ -202,6 +202,6 @@ def check_augmentation_compatible(cfg: Mapping[str, Any]) -> None:
     if moving:
         raise ConfigError(
             "knowledge distillation from a soft-label archive needs the student to see the teacher's frames, "
-            "but " + "; ".join(moving) + " moves them: turn it off (set it to 0), or use an online teacher "
-            "(kd.teachers[].checkpoint), which labels the frames the student sees"
+            "but " + "; ".join(moving) + " moves them: turn it off (set it to 0); speed perturbation works "
+            "as precomputed copies (`kdasr prepare speed`), which the teacher labels under their own ids"
         )
