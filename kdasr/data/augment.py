@@ -22,7 +22,7 @@ cut gets the same perturbation whatever the batch, worker or resume:
 - ``specaugment``: lhotse's SpecAugment (masks, and time warp when
   ``time_warp_factor`` >= 1).
 
-Every augmentation declares ``moves_frames``: whether the student's frames
+Every augmentation declares ``moves_frames`` (:data:`AUGMENTATIONS`): whether the student's frames
 stop lining up with a teacher's archived frames (time warp: yes; gain, noise,
 reverberation, masks and precomputed speed copies: no).
 """
@@ -192,12 +192,24 @@ def load_audio_set(directory: Pathlike, what: str, sampling_rate: int) -> list[R
 
 
 # --------------------------------------------------------------------------- augmentations
-class Volume:
+class Augmentation:
+    """One section of ``data.augment``; it declares whether its options move frames."""
+
+    name = ""
+
+    @staticmethod
+    def moves_frames(opts: Mapping[str, Any]) -> Optional[str]:
+        """The setting by which ``opts`` move frames (what archive KD must refuse), or None.
+
+        Gain, noise and reverberation keep every frame where it was.
+        """
+        return None
+
+
+class Volume(Augmentation):
     """Random gain of the whole recording chain, applied to log-mel features."""
 
     name = "volume"
-    moves_frames = False
-    on_audio = False
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         self.low, self.high = _number(cfg, "volume", "min_db"), _number(cfg, "volume", "max_db")
@@ -216,12 +228,10 @@ class Volume:
         return np.maximum(feats + gain_db * math.log(10.0) / 10.0, _FEATURE_FLOOR).astype(feats.dtype)
 
 
-class Noise:
+class Noise(Augmentation):
     """Additive noise at a random SNR from recordings on disk or the demo's generator."""
 
     name = "noise"
-    moves_frames = False
-    on_audio = True
 
     def __init__(self, cfg: Mapping[str, Any], sampling_rate: int) -> None:
         self.snr = _range(cfg, "noise", "snr")
@@ -262,12 +272,10 @@ class Noise:
         return (audio + noise * math.sqrt(p_speech / (p_noise * 10 ** (snr / 10)))).astype(audio.dtype)
 
 
-class Reverb:
+class Reverb(Augmentation):
     """Convolution with a room impulse response from a directory (lhotse ``reverb_rir``)."""
 
     name = "reverb"
-    moves_frames = False
-    on_audio = True
 
     def __init__(self, cfg: Mapping[str, Any], sampling_rate: int) -> None:
         self.p = _number(cfg, "reverb", "p", 0.0, 1.0)
@@ -282,32 +290,37 @@ class Reverb:
         return self.recordings[int(rng.integers(len(self.recordings)))]
 
 
-def spec_augment(cfg: Mapping[str, Any]) -> SpecAugment:
-    """lhotse's SpecAugment from the ``specaugment`` section (``time_warp_factor`` 0: no warping)."""
-    opts = {k: v for k, v in cfg.items() if k != "enabled"}
-    try:
-        return SpecAugment(**opts)
-    except (TypeError, ValueError, AssertionError) as e:
-        raise ConfigError(f"data.augment.specaugment: {e}") from e
+class SpecAugmentation(Augmentation):
+    """lhotse's SpecAugment: masks keep frames in place, time warp moves them."""
 
+    name = "specaugment"
 
-def moves_frames(name: str, opts: Mapping[str, Any]) -> Optional[str]:
-    """The setting by which the enabled augmentation ``name`` moves frames, or None (only time warp does).
+    @staticmethod
+    def build(cfg: Mapping[str, Any]) -> SpecAugment:
+        """lhotse's SpecAugment from the ``specaugment`` section (``time_warp_factor`` 0: no warping)."""
+        opts = {k: v for k, v in cfg.items() if k != "enabled"}
+        try:
+            return SpecAugment(**opts)
+        except (TypeError, ValueError, AssertionError) as e:
+            raise ConfigError(f"data.augment.specaugment: {e}") from e
 
-    Gain, noise, reverberation and masks keep every frame where it was; the
-    volume/noise/reverb classes declare ``moves_frames = False``.
-    """
-    if name == "specaugment":
+    @staticmethod
+    def moves_frames(opts: Mapping[str, Any]) -> Optional[str]:
         tw = opts.get("time_warp_factor", 80)
         if tw is not None and float(tw) >= 1:
             return f"data.augment.specaugment.time_warp_factor = {tw}"
-    return None
+        return None
+
+
+#: the sections of ``data.augment`` and what each declares
+AUGMENTATIONS: dict[str, type[Augmentation]] = {k.name: k for k in (Volume, Noise, Reverb, SpecAugmentation)}
 
 
 def frame_moving(aug_cfg: Optional[Mapping[str, Any]]) -> list[str]:
     """Settings of the enabled augmentations that move frames (what archive KD must refuse)."""
     cfg = augment_config(aug_cfg)
-    return [setting for name, opts in cfg.items() if opts["enabled"] and (setting := moves_frames(name, opts))]
+    return [setting for name, opts in cfg.items()
+            if opts["enabled"] and (setting := AUGMENTATIONS[name].moves_frames(opts))]
 
 
 # --------------------------------------------------------------------------- batches
@@ -328,7 +341,7 @@ class Augmenter:
         self.volume = Volume(self.cfg["volume"]) if "volume" in on else None
         self.noise = Noise(self.cfg["noise"], sampling_rate) if "noise" in on else None
         self.reverb = Reverb(self.cfg["reverb"], sampling_rate) if "reverb" in on else None
-        self.spec_augment = spec_augment(self.cfg["specaugment"]) if "specaugment" in on else None
+        self.spec_augment = SpecAugmentation.build(self.cfg["specaugment"]) if "specaugment" in on else None
 
     @property
     def active(self) -> list[str]:
