@@ -97,7 +97,11 @@ def ctc_loss_hard(
 
 
 class Objective(Protocol):
-    """Computes the training loss of one batch; KD objectives also read soft labels."""
+    """Computes the training loss of one batch; KD objectives also read soft labels.
+
+    An objective may also have ``views`` (``cuts`` path -> cuts by id): other views of the training
+    cuts its batches must carry (``batch["views"]``), which online teachers of another view read.
+    """
 
     def __call__(self, model: torch.nn.Module, batch: dict, step: int) -> tuple[torch.Tensor, dict]: ...
 

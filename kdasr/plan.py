@@ -14,7 +14,9 @@ works out everything the recipe shell used to guess from config text:
 - which other experiments it reads: any path in its config under
   ``<exp-dir>/<other>/`` (a soft-label archive under ``softlabels``, any
   other file, e.g. a checkpoint, once ``<other>`` is trained). A KD teacher
-  given by ``name`` alone reads ``<exp-dir>/<name>/softlabels``;
+  given by ``name`` alone reads ``<exp-dir>/<name>/softlabels``; one with
+  ``checkpoint: best.pt`` runs ``<exp-dir>/<name>/best.pt`` online, on the
+  cuts of its ``view`` when that is given;
 - its stage: 4 for teachers and for whatever a teacher reads (e.g. the
   hard-label student that guides a Guided-CTC teacher), 6 for the other
   students;
@@ -161,12 +163,28 @@ def _walk_strings(node: Any) -> Iterator[str]:
             yield from _walk_strings(v)
 
 
-def _fill_teacher_archives(cfg: dict, exp_dir: str) -> None:
-    """A KD teacher named without ``archive`` reads its experiment's archive, ``<exp_dir>/<name>/softlabels``."""
+def _fill_teachers(cfg: dict, exp_dir: str, layout: DataLayout) -> None:
+    """Complete the ``kd.teachers`` entries a recipe writes by name.
+
+    A teacher named without ``archive`` or ``checkpoint`` reads its experiment's archive,
+    ``<exp_dir>/<name>/softlabels``; a bare ``checkpoint`` file name (``best.pt``) is its experiment's
+    file, ``<exp_dir>/<name>/best.pt`` (online KD); ``view: wb`` becomes ``cuts``, the training cuts of
+    that view, which an online teacher of another view than the student reads.
+    """
     teachers = (cfg.get("kd") or {}).get("teachers") if isinstance(cfg.get("kd"), Mapping) else None
     for t in teachers or []:
-        if isinstance(t, dict) and "archive" not in t and isinstance(t.get("name"), str):
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+            continue
+        ckpt = t.get("checkpoint")
+        if isinstance(ckpt, str) and "/" not in ckpt:
+            t["checkpoint"] = f"{exp_dir}/{t['name']}/{ckpt}"
+        elif "archive" not in t and not ckpt:
             t["archive"] = f"{exp_dir}/{t['name']}/{ARCHIVE_DIR}"
+        view = t.pop("view", None)
+        if view is not None:
+            if view not in VIEWS:
+                raise PlanError(f"kd.teachers: view {view!r} of {t['name']} is not one of {', '.join(VIEWS)}")
+            t["cuts"] = dict(layout.overrides(view))["data.train_cuts"]
 
 
 def reads(cfg: Mapping, exp_dir: str) -> dict[str, str]:
@@ -195,7 +213,7 @@ def resolve(line: Line, seed: int, exp_dir: str, layout: DataLayout,
         set_dotted(cfg, key.split("."), value)
     set_dotted(cfg, ["train", "seed"], seed)
     cfg["view"], cfg["role"] = line.view, line.role
-    _fill_teacher_archives(cfg, exp_dir)
+    _fill_teachers(cfg, exp_dir, layout)
     return cfg
 
 

@@ -119,3 +119,13 @@ def test_the_shared_configs_default_to_the_checkouts_recipes(monkeypatch: pytest
     assert res.exit_code == 0, res.output
     rows = {line.split("\t")[0]: line.split("\t") for line in res.output.splitlines()}
     assert rows["cnn_wb_kd_vgg"][5] == "vgg_wb=archive" and rows["cnn_nb_kd_wb"][5] == "vgg_wb=archive,lstm_wb=archive"
+
+
+def test_an_online_teacher_by_name_runs_its_checkpoint_on_its_view(recipe: Path):
+    (recipe / "conf" / "online.yaml").write_text(
+        "kd:\n  temperature: 2.0\n  teachers: [{name: t, checkpoint: best.pt, view: wb}]\n")
+    steps = _plan(recipe, "t teacher wb conf/m.yaml\ns student nb conf/m.yaml conf/online.yaml\n")
+    s = {x.name: x for x in steps}["s"]
+    assert s.config["kd"]["teachers"] == [
+        {"name": "t", "checkpoint": "exp/t/best.pt", "cuts": "data/fbank/cuts_train_wb.jsonl.gz"}]
+    assert s.deps == {"t": "trained"}  # waits for the teacher's training, not for an archive

@@ -28,8 +28,10 @@ reverberation, masks and precomputed speed copies: no).
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
+import random
 import zlib
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -252,8 +254,8 @@ class Noise(Augmentation):
             y = resample(make_noise(kind, m, rng), DEMO_RATE, self.sampling_rate)
             return np.resize(y, n)
         rec = self.recordings[int(rng.integers(len(self.recordings)))]
-        if rec.num_samples > n:
-            start = int(rng.integers(rec.num_samples - n))
+        if rec.num_samples > n:  # (a fraction, not a sample index: another view's copy starts at the same time)
+            start = int(rng.random() * (rec.num_samples - n))
             y = rec.load_audio(offset=start / rec.sampling_rate, duration=n / rec.sampling_rate)[0]
         else:
             y = rec.load_audio()[0]
@@ -279,6 +281,7 @@ class Reverb(Augmentation):
 
     def __init__(self, cfg: Mapping[str, Any], sampling_rate: int) -> None:
         self.p = _number(cfg, "reverb", "p", 0.0, 1.0)
+        self.sampling_rate = sampling_rate
         if not cfg.get("dir"):
             raise ConfigError("data.augment.reverb.dir is required: a directory of room impulse responses")
         self.recordings = load_audio_set(cfg["dir"], "impulse response", sampling_rate)
@@ -342,6 +345,7 @@ class Augmenter:
         self.noise = Noise(self.cfg["noise"], sampling_rate) if "noise" in on else None
         self.reverb = Reverb(self.cfg["reverb"], sampling_rate) if "reverb" in on else None
         self.spec_augment = SpecAugmentation.build(self.cfg["specaugment"]) if "specaugment" in on else None
+        self._views: list[Augmenter] = []  # other views' augmenters (:meth:`view`), kept at this epoch
 
     @property
     def active(self) -> list[str]:
@@ -351,6 +355,8 @@ class Augmenter:
     def set_epoch(self, epoch: int) -> None:
         """New random draws each epoch (the trainer calls it before building the epoch's loader)."""
         self.epoch = int(epoch)
+        for other in self._views:
+            other.set_epoch(epoch)
 
     def _audio_features(self, cut: Cut, rng_noise: Optional[np.random.Generator], rir: Optional[Recording]) -> np.ndarray:
         src = cut.drop_features()
@@ -384,14 +390,55 @@ class Augmenter:
             feats = Volume.apply(feats, self.volume.gain_db(_rng(self.seed, self.epoch, cut.id, "volume")))
         return feats
 
+    def view(self, sampling_rate: int) -> "Augmenter":
+        """An augmenter of another view of the same cuts (an online teacher's broadband copy of a narrowband
+        student's cuts): the same config, seed and epoch, so every cut gets the same gain and the same noise
+        or impulse response at the same offset and SNR, resampled to ``sampling_rate``. Time warp and
+        masks come from the student's augmenter in :meth:`paired`."""
+        other = copy.copy(self)
+        other._views = []
+        for name in ("noise", "reverb"):
+            aug = getattr(self, name)
+            if aug is not None and aug.sampling_rate != sampling_rate:
+                aug = copy.copy(aug)
+                aug.recordings = [r.resample(sampling_rate) for r in aug.recordings]
+                aug.sampling_rate = sampling_rate
+                setattr(other, name, aug)
+        self._views.append(other)
+        return other
+
+    def features(self, cuts: CutSet) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded ``features (B, T, F)`` and ``feature_lens (B,)`` with gain, noise and reverberation, before SpecAugment."""
+        if self.volume is None and self.noise is None and self.reverb is None:
+            return collate_features(cuts)
+        arrays = [torch.from_numpy(np.ascontiguousarray(self.cut_features(c))) for c in cuts]
+        lens = torch.tensor([a.shape[0] for a in arrays], dtype=torch.int)
+        return torch.nn.utils.rnn.pad_sequence(arrays, batch_first=True, padding_value=LOG_EPSILON), lens
+
+    def paired(
+        self, cuts: CutSet, others: Sequence[tuple["Augmenter", CutSet]] = ()
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The augmented batch of ``cuts`` and of each other view (``(augmenter from :meth:`view`, its cuts in
+        the same order)``): SpecAugment draws the same time warp and masks for every view (same frames per
+        cut; frequency masks on the same bin indices), and the global random streams end where they would
+        without the other views."""
+        feats, lens = self.features(cuts)
+        outs = [aug.features(view_cuts) for aug, view_cuts in others]
+        for (_, view_lens), (_, view_cuts) in zip(outs, others):
+            if not torch.equal(view_lens, lens):
+                i = int((view_lens != lens).nonzero()[0])
+                raise DataError(f"cut {view_cuts[i].id}: {int(view_lens[i])} feature frames in the other view, "
+                                f"{int(lens[i])} in the student's: the views must have the same frames")
+        if self.spec_augment is None:
+            return (feats, lens), outs
+        state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        warped = []
+        for view_feats, view_lens in outs:
+            random.setstate(state[0]), np.random.set_state(state[1]), torch.set_rng_state(state[2])
+            warped.append((self.spec_augment(view_feats), view_lens))
+        random.setstate(state[0]), np.random.set_state(state[1]), torch.set_rng_state(state[2])
+        return (self.spec_augment(feats), lens), warped
+
     def __call__(self, cuts: CutSet) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded ``features (B, T, F)`` and ``feature_lens (B,)`` of ``cuts`` (in their order)."""
-        if self.volume is None and self.noise is None and self.reverb is None:
-            features, lens = collate_features(cuts)
-        else:
-            arrays = [torch.from_numpy(np.ascontiguousarray(self.cut_features(c))) for c in cuts]
-            lens = torch.tensor([a.shape[0] for a in arrays], dtype=torch.int)
-            features = torch.nn.utils.rnn.pad_sequence(arrays, batch_first=True, padding_value=LOG_EPSILON)
-        if self.spec_augment is not None:
-            features = self.spec_augment(features)
-        return features, lens
+        return self.paired(cuts)[0]

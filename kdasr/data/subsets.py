@@ -13,6 +13,8 @@ from typing import Iterable
 from lhotse import CutSet
 from lhotse.cut import Cut
 
+from kdasr.data.dataset import source_id
+
 
 def _unit(key: str, seed: int) -> float:
     digest = hashlib.sha1(f"{seed}:{key}".encode()).digest()
@@ -21,7 +23,7 @@ def _unit(key: str, seed: int) -> float:
 
 def keeps_transcript(cut: Cut, fraction: float, seed: int = 0) -> bool:
     """Whether ``cut`` is in the transcribed ``fraction`` of the data."""
-    return _unit(str((cut.custom or {}).get("orig_id", cut.id)), seed) < fraction
+    return _unit(source_id(cut), seed) < fraction
 
 
 def hold_back_transcripts(cuts: Iterable[Cut], fraction: float, seed: int = 0) -> CutSet:

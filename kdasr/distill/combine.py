@@ -31,6 +31,7 @@ from lhotse import CutSet
 from lhotse.cut import Cut
 
 from kdasr.config import ConfigError
+from kdasr.data.dataset import source_id
 from kdasr.distill.archive import ArchiveMismatchError
 from kdasr.distill.losses import NBestList, mix_nbest, seq_kd_targets
 from kdasr.distill.teachers import LabelBatch, TeacherLabels
@@ -113,7 +114,7 @@ def multistream_cuts(cuts: Iterable[Cut], teacher_names: Sequence[str]) -> CutSe
         raise ValueError(f"teacher names must be non-empty and free of {TEACHER_SEP!r}: {bad}")
     out = []
     for c in cuts:
-        orig = str((c.custom or {}).get("orig_id", c.id))
+        orig = source_id(c)
         for n in names:
             copy = c.with_custom("kd_teacher", n).with_custom("orig_id", orig)
             copy.id = f"{orig}{TEACHER_SEP}{n}"

@@ -23,7 +23,14 @@ from kdasr.distill.combine import COMBINE_MODES
 from kdasr.ctc import REDUCTIONS
 from kdasr.distill.losses import NBestList
 from kdasr.distill.objectives import KD_LOSSES
-from kdasr.distill.teachers import TeacherLabels, check_temperature, label_batch, load_teachers
+from kdasr.distill.teachers import (
+    TeacherLabels,
+    ViewInputs,
+    check_teacher_entries,
+    check_temperature,
+    label_batch,
+    load_teachers,
+)
 from kdasr.models.common import model_inputs
 
 KD_DEFAULTS: dict = {
@@ -65,10 +72,8 @@ def resolve_kd_config(cfg: Mapping[str, Any]) -> dict:
         raise ConfigError(f"kd.reduction must be one of {REDUCTIONS}, got {c['reduction']!r}")
     teachers = c["teachers"]
     if not teachers:
-        raise ConfigError("kd.teachers is empty: name at least one {name, archive} entry")
-    for i, t in enumerate(teachers):
-        if not isinstance(t, Mapping) or "archive" not in t:
-            raise ConfigError(f"kd.teachers[{i}] must be a mapping with at least 'archive', got {t!r}")
+        raise ConfigError("kd.teachers is empty: name at least one {name, archive} or {name, checkpoint} entry")
+    check_teacher_entries(teachers)
     if c["combine"] is None:
         if len(teachers) != 1:
             raise ConfigError(
@@ -95,11 +100,13 @@ class KDTargets:
 
         kd:
           strategy: frame-kl          # frame-kl | seq | guided
-          teachers: [{name: vgg, archive: exp/vgg/softlabels/train_wb, weight: 1.0}, ...]
+          teachers:                   # each names an archive or a checkpoint run online
+            - {name: vgg, archive: exp/vgg/softlabels, weight: 1.0}
+            - {name: lstm, checkpoint: exp/lstm/best.pt, cuts: data/fbank/cuts_train_wb.jsonl.gz}
           combine: average            # single | switch | multistream | average | weighted | best
           switch_mode: round-robin    # switch only: round-robin | random
           seed: 0
-          temperature: 2.0            # optional: must equal the archives' temperature
+          temperature: 2.0            # optional: must equal the archives'; online teachers run at it
           lambda: 0.5                 # (1-lambda) CTC + lambda KD  (frame-kl, seq)
           skip_blank_frames: false    # frame-kl: blank elimination
           blank_threshold: 0.0
@@ -111,8 +118,10 @@ class KDTargets:
 
     On construction every archive is checked against ``student_cuts`` and
     ``lang_hash`` (every cut present, frame counts, token set, frame
-    shift), and the teachers must agree on vocabulary, frame shift and
-    temperature (:func:`kdasr.distill.teachers.load_teachers`).
+    shift), every online teacher's checkpoint against the features it will
+    read (``cuts``: another view of the same cuts), and the teachers must
+    agree on vocabulary, frame shift and temperature
+    (:func:`kdasr.distill.teachers.load_teachers`).
     """
 
     def __init__(
@@ -129,7 +138,9 @@ class KDTargets:
         self.strategy = c["strategy"]
         self.blank_id = int(c["blank_id"])
         self.align_spikes = bool(c["align_spikes"])
-        self.teachers = load_teachers(c["teachers"], list(student_cuts), lang_hash, vocab_size, frame_shift)
+        self.teachers, self.views = load_teachers(
+            c["teachers"], list(student_cuts), lang_hash, vocab_size, frame_shift, c["temperature"])
+        self._inputs: ViewInputs = {}
         self.labels = TeacherLabels(self.teachers, self.blank_id, self.align_spikes)
         self.vocab_size = self.labels.vocab_size
         self.temperature = self.labels.temperature
@@ -166,7 +177,8 @@ class KDTargets:
         """
         if self.mode.needs_refs and ref_targets is None:
             raise ValueError(f"kd.combine {self.combine} needs the batch's reference targets (ref_targets)")
-        probs, self.last_teachers = self.mode.targets(label_batch(cuts, num_frames, ref_targets, device), step)
+        b = label_batch(cuts, num_frames, ref_targets, device, self._inputs)
+        probs, self.last_teachers = self.mode.targets(b, step)
         return probs
 
     def seq_targets(
@@ -174,7 +186,7 @@ class KDTargets:
     ) -> NBestList:
         """The ``seq`` loss's hypotheses: the n-best of the combined teacher, or under ``average``/``weighted``
         the mixture of every teacher's own n-best (:func:`kdasr.distill.losses.mix_nbest`)."""
-        b = label_batch(cuts, out_lens, ref_targets, None)
+        b = label_batch(cuts, out_lens, ref_targets, None, self._inputs)
         out, self.last_teachers = self.mode.nbest(b, step, int(self.cfg["nbest"]), int(self.cfg["beam"]))
         return out
 
@@ -185,9 +197,18 @@ class KDTargets:
         cuts: Iterable[Cut],
         targets: Sequence[Sequence[int]],
         step: int,
+        inputs: Optional[ViewInputs] = None,
     ) -> tuple[torch.Tensor, dict]:
-        """The configured KD loss of one batch; ``cuts`` and ``targets`` in the order of the logits' rows."""
-        return self.kd_loss(self, student_logits, out_lens, list(cuts), targets, step)
+        """The configured KD loss of one batch; ``cuts`` and ``targets`` in the order of the logits' rows.
+
+        ``inputs``: what online teachers read, ``(features, feature_lens)`` in the same row order per
+        view (None: the student's own; a ``cuts`` path: another view); held for this call only.
+        """
+        self._inputs = dict(inputs or {})
+        try:
+            return self.kd_loss(self, student_logits, out_lens, list(cuts), targets, step)
+        finally:
+            self._inputs = {}
 
     def state_dict(self) -> dict:
         return {"combine": self.mode.state_dict()}
@@ -202,17 +223,24 @@ class KDObjective:
 
     Rows are matched to cuts through ``batch["cut_ids"]`` (never through
     position in some other list), and the labels through the cut ids.
+    Online teachers read the batch's features (and ``batch["views"]``).
     """
 
     def __init__(self, kd: KDTargets) -> None:
         self.kd = kd
+
+    @property
+    def views(self) -> dict:
+        """Other views of the training cuts the batches must carry: ``cuts`` path -> cuts by id."""
+        return self.kd.views
 
     def __call__(self, model: torch.nn.Module, batch: dict, step: int) -> tuple[torch.Tensor, dict]:
         extra = model_inputs(model, batch["targets"], batch["features"].device)
         logits, out_lens = model(batch["features"], batch["feature_lens"], **extra)
         by_id = {c.id: c for c in batch["cuts"]}
         cuts = [by_id[i] for i in batch["cut_ids"]]
-        return self.kd.loss(logits, out_lens, cuts, batch["targets"], step)
+        inputs = {None: (batch["features"], batch["feature_lens"]), **batch.get("views", {})}
+        return self.kd.loss(logits, out_lens, cuts, batch["targets"], step, inputs)
 
     def state_dict(self) -> dict:
         return self.kd.state_dict()

@@ -1,22 +1,34 @@
-"""The teachers of a KD run: their archives loaded and checked, and their labels read per cut.
+"""The teachers of a KD run: archived or run online, checked against the student, their labels per batch.
 
-Labels are looked up by cut id (``orig_id`` for multistream copies) and
-checked frame by frame against the student's output lengths; nothing depends
-on batch order or position. Under ``align_spikes`` every other teacher's
-labels are re-timed onto the first teacher's spikes (:mod:`kdasr.distill.align`).
+A teacher entry of ``kd.teachers`` names either a soft-label ``archive``
+(labels looked up by cut id, ``orig_id`` for multistream copies, checked
+frame by frame against the student's output lengths) or a ``checkpoint``
+that runs in the training process (online KD): in eval mode, without
+gradients (under the trainer's bf16 autocast on GPU), on exactly the
+features the student sees after augmentation, so time warp, noise and speed
+copies keep teacher and student frames aligned by construction. An online
+teacher of another view (a broadband teacher of a narrowband student) names
+that view's cuts (``cuts``); the batch then carries those features with the
+same augmentation draws (:class:`kdasr.data.dataset.AsrDataset`). Under
+``align_spikes`` every other teacher's labels are re-timed onto the first
+teacher's spikes (:mod:`kdasr.distill.align`).
 """
 from __future__ import annotations
 
+import abc
+import difflib
 import math
-from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from lhotse import CutSet
 from lhotse.cut import Cut
 
 from kdasr.config import ConfigError
 from kdasr.data.augment import frame_moving
+from kdasr.data.dataset import source_id
 from kdasr.distill.align import align_to_anchor
 from kdasr.distill.archive import (
     ArchiveMeta,
@@ -26,18 +38,224 @@ from kdasr.distill.archive import (
     load_archive,
     load_probs,
 )
+from kdasr.models.checkpoint import experiment_name, load_checkpoint, model_from_checkpoint
+from kdasr.models.common import model_inputs
 from kdasr.utils.io import Pathlike
+
+#: the keys of a ``kd.teachers`` entry
+TEACHER_KEYS = ("name", "archive", "checkpoint", "cuts", "weight")
+#: the temperature of online teachers when neither ``kd.temperature`` nor an archive sets one
+#: (that of ``kdasr soft-labels``)
+DEFAULT_TEMPERATURE = 1.0
+
+ViewInputs = Mapping[Optional[str], tuple[torch.Tensor, torch.Tensor]]
+"""``(features, feature_lens)`` per view: None the student's own, else an online teacher's ``cuts`` path."""
+Labels = Union[np.ndarray, torch.Tensor]
+"""One cut's ``(T', V)`` probabilities: numpy from an archive, a tensor on the batch's device online."""
+
+
+def check_teacher_entries(teachers: Sequence[Any]) -> None:
+    """Each ``kd.teachers`` entry: a mapping with exactly one of ``archive``/``checkpoint``, known keys only."""
+    for i, t in enumerate(teachers):
+        where = f"kd.teachers[{i}]"
+        if not isinstance(t, Mapping):
+            raise ConfigError(f"{where} must be a mapping like {{name: vgg, archive: DIR}}, got {t!r}")
+        for key in t:
+            if key not in TEACHER_KEYS:
+                close = difflib.get_close_matches(str(key), TEACHER_KEYS, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(TEACHER_KEYS)})"
+                raise ConfigError(f"{where}: unknown key {key!r}{hint}")
+        kinds = [k for k in ("archive", "checkpoint") if t.get(k)]
+        if len(kinds) != 1:
+            raise ConfigError(f"{where} must name exactly one of 'archive' (a soft-label archive) or "
+                              f"'checkpoint' (a teacher run online), got {dict(t)!r}")
+        if t.get("cuts") and not t.get("checkpoint"):
+            raise ConfigError(f"{where}: 'cuts' (the teacher's view) is for online teachers; an archive is keyed by cut id")
+        if "weight" in t and (isinstance(t["weight"], bool) or not isinstance(t["weight"], (int, float))):
+            raise ConfigError(f"{where}.weight must be a number, got {t['weight']!r}")
 
 
 @dataclass
-class Teacher:
-    """One teacher: its config entry, archive meta and ``{cut id: archive cut}``."""
+class LabelBatch:
+    """What one batch asks of the teachers: its cuts, the student's frames per cut, the references,
+    and for online teachers the batch's inputs (row ``i`` is cut ``i``)."""
+
+    cuts: list[Cut]
+    frames: list[int]
+    #: the batch's token ids, or None per cut when the caller has none
+    refs: list[Optional[Sequence[int]]]
+    device: Optional[torch.device]
+    inputs: ViewInputs = field(default_factory=dict)
+    #: online teachers' outputs of this batch, computed once per teacher
+    cache: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def max_frames(self) -> int:
+        return max(self.frames) if self.frames else 0
+
+
+@dataclass
+class Teacher(abc.ABC):
+    """One teacher as the combine modes see it: a name, a weight, labels per cut of a batch."""
 
     name: str
-    archive: Pathlike
+    #: what messages name: the archive directory or the checkpoint
+    source: str
     weight: float
-    meta: ArchiveMeta
-    cuts: dict[str, Cut]
+    vocab_size: int
+    frame_shift: float
+    temperature: float
+    lang_hash: Optional[str]
+
+    @abc.abstractmethod
+    def cut_labels(self, b: LabelBatch, i: int) -> Labels:
+        """Cut ``i``'s ``(b.frames[i], V)`` probabilities at the teacher's temperature."""
+
+
+@dataclass
+class ArchiveTeacher(Teacher):
+    """A teacher whose labels were dumped: ``{cut id: archive cut}``."""
+
+    meta: Optional[ArchiveMeta] = None
+    cuts: dict[str, Cut] = field(default_factory=dict)
+
+    def cut_labels(self, b: LabelBatch, i: int) -> Labels:
+        cut, frames = b.cuts[i], b.frames[i]
+        key = source_id(cut)
+        arch = self.cuts.get(key)
+        if arch is None:
+            raise ArchiveMismatchError(
+                f"cut {cut.id} (archive id {key}) is not in the archive of teacher {self.name} ({self.source})"
+            )
+        have = archive_frames(arch)
+        if have != frames:
+            raise ArchiveMismatchError(
+                f"cut {cut.id}: teacher {self.name} has {have} frames, the student {frames} "
+                "(num_frames must be the student's out_lens = ceil(feature_lens / 4))"
+            )
+        return load_probs(arch, self.vocab_size)
+
+
+@dataclass
+class OnlineTeacher(Teacher):
+    """A teacher network run on each batch; ``view``: its ``cuts`` path, None when it reads the student's features."""
+
+    model: Optional[torch.nn.Module] = None
+    view: Optional[str] = None
+
+    def cut_labels(self, b: LabelBatch, i: int) -> Labels:
+        probs = b.cache.get(self.name)
+        if probs is None:
+            probs = b.cache[self.name] = self._run(b)
+        return probs[i, : b.frames[i]]
+
+    def _run(self, b: LabelBatch) -> torch.Tensor:
+        if self.view not in b.inputs:
+            what = "the student's features" if self.view is None else f"the features of its view {self.view}"
+            raise ValueError(f"online teacher {self.name} needs {what} in the batch (LabelBatch.inputs)")
+        feats, lens = b.inputs[self.view]
+        if feats.shape[0] != len(b.cuts):
+            raise ValueError(f"online teacher {self.name}: {feats.shape[0]} feature rows for {len(b.cuts)} cuts")
+        model = self.model.to(feats.device)
+        extra = model_inputs(model, [r or [] for r in b.refs], feats.device)
+        with torch.no_grad():
+            logits, out_lens = model(feats, lens.to(feats.device), **extra)
+            probs = torch.softmax(logits.float() / self.temperature, dim=-1)
+        for cut, have, want in zip(b.cuts, out_lens.tolist(), b.frames):
+            if int(have) != want:
+                raise ArchiveMismatchError(
+                    f"cut {cut.id}: online teacher {self.name} gives {have} frames, the student {want} "
+                    "(they must read the same feature frames)"
+                )
+        return probs if b.device is None else probs.to(b.device)
+
+
+def _student_features(cuts: Sequence[Cut]) -> tuple[int, int]:
+    """``(num_features, sampling_rate)`` of the student's features (its first cut's)."""
+    first = cuts[0]
+    if not first.has_features:
+        raise ArchiveMismatchError(f"cut {first.id} has no features: run `kdasr prepare fbank` first")
+    return int(first.num_features), int(first.features.sampling_rate)
+
+
+def _view_cuts(path: str, student_cuts: Sequence[Cut], where: str) -> dict[str, Cut]:
+    """An online teacher's view: its cuts by id, every student cut there with as many feature frames."""
+    try:
+        by_id = {c.id: c for c in CutSet.from_file(path)}
+    except Exception as e:
+        raise ArchiveMismatchError(f"{where}: cannot read its cuts {path}: {e}") from e
+    missing = [c.id for c in student_cuts if source_id(c) not in by_id]
+    if missing:
+        raise ArchiveMismatchError(f"{where}: {len(missing)} student cuts are not in {path}: {', '.join(missing[:5])}")
+    for c in student_cuts:
+        v = by_id[source_id(c)]
+        if not v.has_features:
+            raise ArchiveMismatchError(f"{where}: cut {v.id} in {path} has no features (run `kdasr prepare fbank`)")
+        if v.num_frames != c.num_frames:
+            raise ArchiveMismatchError(
+                f"{where}: cut {c.id} has {v.num_frames} feature frames in {path}, the student's {c.num_frames}"
+            )
+    return by_id
+
+
+def load_online_teacher(
+    i: int, t: Mapping[str, Any], student_cuts: Sequence[Cut], lang_hash: Optional[str],
+    vocab_size: Optional[int], frame_shift: float, temperature: float,
+) -> tuple[OnlineTeacher, Optional[dict[str, Cut]]]:
+    """An online teacher from its checkpoint, refused before the first step (one line naming the file and
+    the mismatch) when its token set, frame rate, feature dimension or sampling rate differ from what it
+    will read; with ``cuts``, also its view (:func:`_view_cuts`)."""
+    path = str(t["checkpoint"])
+    where = f"kd.teachers[{i}] (checkpoint {path})"
+    try:
+        ckpt = load_checkpoint(path)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise ArchiveMismatchError(f"kd.teachers[{i}]: {e}") from e
+    name = str(t.get("name") or experiment_name(path))
+    view = str(t["cuts"]) if t.get("cuts") else None
+    view_cuts = _view_cuts(view, student_cuts, where) if view else None
+    feats, rate = _student_features(list(view_cuts.values()) if view_cuts else student_cuts)
+    problems = []
+    if lang_hash is not None and ckpt.get("lang_hash") != lang_hash:
+        problems.append(f"another token set (lang hash {ckpt.get('lang_hash')}, the student's {lang_hash})")
+    if vocab_size is not None and ckpt.get("vocab_size") != vocab_size:
+        problems.append(f"{ckpt.get('vocab_size')} output tokens, the student {vocab_size}")
+    if not math.isclose(float(ckpt.get("frame_shift", frame_shift)), frame_shift):
+        problems.append(f"output frames of {ckpt.get('frame_shift')} s, the student's {frame_shift} s")
+    if ckpt.get("num_features") != feats:
+        problems.append(f"{ckpt.get('num_features')} input features, the {'view' if view else 'student'}'s {feats}")
+    if ckpt.get("sampling_rate") not in (None, rate):
+        problems.append(f"features at {ckpt.get('sampling_rate')} Hz, the {'view' if view else 'student'}'s at {rate} Hz"
+                        + ("" if view else " (give kd.teachers[].cuts: the teacher's view of the same cuts)"))
+    if problems:
+        raise ArchiveMismatchError(f"{where} does not fit: it was trained with " + "; ".join(problems))
+    model = model_from_checkpoint(ckpt).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    teacher = OnlineTeacher(name, path, float(t.get("weight", 1.0)), int(ckpt["vocab_size"]),
+                            float(ckpt.get("frame_shift", frame_shift)), temperature, ckpt.get("lang_hash"),
+                            model=model, view=view)
+    return teacher, view_cuts
+
+
+def load_archive_teacher(
+    t: Mapping[str, Any], student_cuts: Sequence[Cut], lang_hash: Optional[str],
+    vocab_size: Optional[int], frame_shift: float,
+) -> ArchiveTeacher:
+    """An archive, checked against the student (every cut, frames, token set, frame shift)."""
+    meta, cuts = load_archive(t["archive"])
+    name = str(t.get("name", meta.teacher))
+    by_id = {cut.id: cut for cut in cuts}
+    problems = check_loaded(
+        meta, {k: archive_frames(v) for k, v in by_id.items()}, student_cuts, lang_hash,
+        frame_shift, vocab_size, where=f"teacher {name} ({t['archive']})",
+    )
+    if problems:
+        raise ArchiveMismatchError(
+            f"soft-label archive {t['archive']} does not fit the student:\n  - " + "\n  - ".join(problems)
+        )
+    return ArchiveTeacher(name, str(t["archive"]), float(t.get("weight", 1.0)), meta.vocab_size, meta.frame_shift,
+                          float(meta.temperature), meta.lang_hash, meta=meta, cuts=by_id)
 
 
 def load_teachers(
@@ -46,56 +264,51 @@ def load_teachers(
     lang_hash: Optional[str],
     vocab_size: Optional[int],
     frame_shift: float,
-) -> list[Teacher]:
-    """Load every ``kd.teachers`` archive and check it against the student (cuts, frames, token set)
-    and the other teachers (vocabulary, frame shift, temperature: labels at different temperatures
-    cannot share one T^2)."""
-    teachers: list[Teacher] = []
-    names: set[str] = set()
-    for t in teachers_cfg:
-        meta, cuts = load_archive(t["archive"])
-        name = str(t.get("name", meta.teacher))
-        if name in names:
-            raise ConfigError(f"kd.teachers: two teachers are named {name!r}")
-        names.add(name)
-        by_id = {cut.id: cut for cut in cuts}
-        problems = check_loaded(
-            meta, {k: archive_frames(v) for k, v in by_id.items()}, student_cuts, lang_hash,
-            frame_shift, vocab_size, where=f"teacher {name} ({t['archive']})",
-        )
-        if problems:
-            raise ArchiveMismatchError(
-                f"soft-label archive {t['archive']} does not fit the student:\n  - " + "\n  - ".join(problems)
-            )
-        teachers.append(Teacher(name, t["archive"], float(t.get("weight", 1.0)), meta, by_id))
-    first = teachers[0].meta
-    for t in teachers[1:]:
+    temperature: Optional[float] = None,
+) -> tuple[list[Teacher], dict[str, dict[str, Cut]]]:
+    """Load every ``kd.teachers`` entry and check it against the student and the other teachers
+    (vocabulary, frame shift, temperature: labels at different temperatures cannot share one T^2).
+
+    Online teachers run at ``temperature`` (``kd.temperature``), else at the archives', else at
+    :data:`DEFAULT_TEMPERATURE`. Returns the teachers and the views online teachers read
+    (``cuts`` path -> cuts by id).
+    """
+    check_teacher_entries(teachers_cfg)
+    student_cuts = list(student_cuts)
+    teachers: list[Teacher] = [
+        load_archive_teacher(t, student_cuts, lang_hash, vocab_size, frame_shift)
+        for t in teachers_cfg if t.get("archive")
+    ]
+    online_t = temperature if temperature is not None else (
+        teachers[0].temperature if teachers else DEFAULT_TEMPERATURE)
+    views: dict[str, dict[str, Cut]] = {}
+    by_entry = iter(teachers)
+    ordered: list[Teacher] = []
+    for i, t in enumerate(teachers_cfg):  # keep the config's order: the first teacher anchors align_spikes
+        if t.get("archive"):
+            ordered.append(next(by_entry))
+            continue
+        teacher, view_cuts = load_online_teacher(i, t, student_cuts, lang_hash, vocab_size, frame_shift, online_t)
+        if view_cuts is not None:
+            views[str(t["cuts"])] = view_cuts
+        ordered.append(teacher)
+    names = [t.name for t in ordered]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"kd.teachers: two teachers are named {dup[0]!r}")
+    first = ordered[0]
+    for t in ordered[1:]:
         for key in ("vocab_size", "frame_shift", "temperature", "lang_hash"):
-            if getattr(t.meta, key) != getattr(first, key):
+            if getattr(t, key) != getattr(first, key):
                 raise ArchiveMismatchError(
-                    f"teachers disagree on {key}: {teachers[0].name} has {getattr(first, key)!r}, "
-                    f"{t.name} has {getattr(t.meta, key)!r} ({t.archive})"
+                    f"teachers disagree on {key}: {first.name} has {getattr(first, key)!r}, "
+                    f"{t.name} has {getattr(t, key)!r} ({t.source})"
                 )
-    return teachers
+    return ordered, views
 
 
-def _cut_key(cut: Cut) -> str:
-    return str((cut.custom or {}).get("orig_id", cut.id))
-
-
-@dataclass
-class LabelBatch:
-    """What one batch asks of the teachers: its cuts, the student's frames per cut, the references."""
-
-    cuts: list[Cut]
-    frames: list[int]
-    #: the batch's token ids, or None per cut when the caller has none
-    refs: list[Optional[Sequence[int]]]
-    device: Optional[torch.device]
-
-    @property
-    def max_frames(self) -> int:
-        return max(self.frames) if self.frames else 0
+def _numpy(p: Labels) -> np.ndarray:
+    return p.detach().float().cpu().numpy() if isinstance(p, torch.Tensor) else p
 
 
 class TeacherLabels:
@@ -104,59 +317,38 @@ class TeacherLabels:
     def __init__(self, teachers: Sequence[Teacher], blank_id: int, align_spikes: bool) -> None:
         self.teachers = list(teachers)
         self.names = [t.name for t in self.teachers]
-        self.vocab_size = self.teachers[0].meta.vocab_size
-        self.temperature = float(self.teachers[0].meta.temperature)
+        self.vocab_size = self.teachers[0].vocab_size
+        self.temperature = float(self.teachers[0].temperature)
         self.blank_id = blank_id
         self.align_spikes = align_spikes
 
-    def probs(self, teacher: Teacher, cut: Cut, frames: int) -> np.ndarray:
-        key = _cut_key(cut)
-        arch = teacher.cuts.get(key)
-        if arch is None:
-            raise ArchiveMismatchError(
-                f"cut {cut.id} (archive id {key}) is not in the archive of teacher {teacher.name} ({teacher.archive})"
-            )
-        have = archive_frames(arch)
-        if have != frames:
-            raise ArchiveMismatchError(
-                f"cut {cut.id}: teacher {teacher.name} has {have} frames, the student {frames} "
-                "(num_frames must be the student's out_lens = ceil(feature_lens / 4))"
-            )
-        return load_probs(arch, self.vocab_size)
-
-    def labels(
-        self, teacher: Teacher, cut: Cut, frames: int, ref: Optional[Sequence[int]],
-        anchor: Optional[np.ndarray] = None,
-    ) -> np.ndarray:
-        """A teacher's labels for a cut; under ``align_spikes`` re-timed onto the first teacher's spikes
+    def labels(self, teacher: Teacher, b: LabelBatch, i: int, anchor: Optional[Labels] = None) -> Labels:
+        """A teacher's labels for cut ``i``; under ``align_spikes`` re-timed onto the first teacher's spikes
         (``anchor``: the first teacher's labels of the cut when the caller has them already)."""
-        probs = self.probs(teacher, cut, frames)
+        probs = teacher.cut_labels(b, i)
         if not self.align_spikes or teacher is self.teachers[0]:
             return probs
         if anchor is None:
-            anchor = self.probs(self.teachers[0], cut, frames)
-        return align_to_anchor(anchor, probs, ref, self.blank_id)
+            anchor = self.teachers[0].cut_labels(b, i)
+        return align_to_anchor(_numpy(anchor), _numpy(probs), b.refs[i], self.blank_id)
 
     def chosen(self, teachers: Sequence[Teacher], b: LabelBatch) -> torch.Tensor:
         """The labels of ``teachers[i]`` for cut ``i``: one teacher per cut."""
-        return self.stack(
-            [self.labels(t, c, n, r) for t, c, n, r in zip(teachers, b.cuts, b.frames, b.refs)], b
-        )
+        return self.stack([self.labels(t, b, i) for i, t in enumerate(teachers)], b)
 
     def every_teacher(self, b: LabelBatch) -> list[torch.Tensor]:
         """Each teacher's labels of the batch, ``(B, T', V)`` per teacher; the first teacher's are read once."""
-        first = [self.probs(self.teachers[0], c, n) for c, n in zip(b.cuts, b.frames)]
+        first = [self.teachers[0].cut_labels(b, i) for i in range(len(b.cuts))]
         per_teacher = [first] + [
-            [self.labels(t, c, n, r, a) for c, n, r, a in zip(b.cuts, b.frames, b.refs, first)]
-            for t in self.teachers[1:]
+            [self.labels(t, b, i, a) for i, a in enumerate(first)] for t in self.teachers[1:]
         ]
         return [self.stack(p, b) for p in per_teacher]
 
-    def stack(self, per_cut: list[np.ndarray], b: LabelBatch) -> torch.Tensor:
-        out = torch.zeros(len(per_cut), b.max_frames, self.vocab_size, dtype=torch.float32)
+    def stack(self, per_cut: list[Labels], b: LabelBatch) -> torch.Tensor:
+        out = torch.zeros(len(per_cut), b.max_frames, self.vocab_size, dtype=torch.float32, device=b.device)
         for i, p in enumerate(per_cut):
-            out[i, : p.shape[0]] = torch.from_numpy(p)
-        return out if b.device is None else out.to(b.device)
+            out[i, : p.shape[0]] = torch.as_tensor(p, device=out.device)
+        return out
 
 
 def label_batch(
@@ -164,6 +356,7 @@ def label_batch(
     num_frames: Any,
     ref_targets: Optional[Sequence[Sequence[int]]],
     device: Optional[Any],
+    inputs: Optional[ViewInputs] = None,
 ) -> LabelBatch:
     """A :class:`LabelBatch` from the trainer's pieces (``num_frames``: a tensor or ints, one per cut)."""
     cuts = list(cuts)
@@ -171,7 +364,7 @@ def label_batch(
     if len(nf) != len(cuts):
         raise ValueError(f"{len(nf)} frame counts for {len(cuts)} cuts")
     refs = list(ref_targets) if ref_targets is not None else [None] * len(cuts)
-    return LabelBatch(cuts, nf, refs, torch.device(device) if device is not None else None)
+    return LabelBatch(cuts, nf, refs, torch.device(device) if device is not None else None, dict(inputs or {}))
 
 
 def check_temperature(wanted: Optional[float], have: float) -> None:
@@ -186,22 +379,26 @@ def check_temperature(wanted: Optional[float], have: float) -> None:
 def check_augmentation_compatible(cfg: Mapping[str, Any]) -> None:
     """Refuse augmentations that move frames when KD reads labels from an archive.
 
-    The archive holds the teacher's labels for the unperturbed frames of
+    An archive holds the teacher's labels for the unperturbed frames of
     each cut; an augmentation that moves frames (SpecAugment's time warp)
     would have them describe other frames than the student sees, silently
     (icefall's distillation recipes had to turn time warp off for this
     reason). Which augmentations move frames is what they declare
     (:func:`kdasr.data.augment.frame_moving`); precomputed speed copies have
-    their own ids and archived labels, so they are fine. Call it with the
-    resolved config (defaults merged). Raises :class:`ConfigError`.
+    their own ids and archived labels, so they are fine, and online teachers
+    read the student's own (warped) features, so they allow everything.
+    Call it with the resolved config (defaults merged). Raises :class:`ConfigError`.
     """
     kd = cfg.get("kd")
     if not kd or not kd.get("teachers"):
         return
+    archived = [str(t.get("name") or t.get("archive")) for t in kd["teachers"]
+                if isinstance(t, Mapping) and t.get("archive")]
     moving = frame_moving((cfg.get("data") or {}).get("augment"))
-    if moving:
+    if archived and moving:
         raise ConfigError(
-            "knowledge distillation from a soft-label archive needs the student to see the teacher's frames, "
-            "but " + "; ".join(moving) + " moves them: turn it off (set it to 0); speed perturbation works "
-            "as precomputed copies (`kdasr prepare speed`), which the teacher labels under their own ids"
+            f"knowledge distillation from the soft-label archive of {', '.join(archived)} needs the student to see "
+            "the teacher's frames, but " + "; ".join(moving) + " moves them: run the teacher online instead "
+            "(kd.teachers: [{name: ..., checkpoint: exp/<teacher>/best.pt}]: it reads the warped features), or "
+            "turn it off (set it to 0); speed perturbation also works as precomputed copies (`kdasr prepare speed`)"
         )

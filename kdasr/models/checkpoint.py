@@ -35,3 +35,12 @@ def model_from_checkpoint(ckpt: dict, device: Any = "cpu") -> torch.nn.Module:
 def load_model(path: Pathlike, device: Any = "cpu") -> tuple[torch.nn.Module, dict]:
     ckpt = load_checkpoint(path)
     return model_from_checkpoint(ckpt, device), ckpt
+
+
+def experiment_name(checkpoint: Pathlike) -> str:
+    """The experiment directory's name, a teacher's default name: ``exp/vgg_wb/best.pt`` and
+    ``exp/vgg_wb/checkpoints/checkpoint-5.pt`` give ``vgg_wb``."""
+    parent = Path(checkpoint).absolute().parent
+    if parent.name == "checkpoints":
+        parent = parent.parent
+    return parent.name

@@ -207,7 +207,11 @@ class Trainer:
         self.augment = Augmenter(dcfg["augment"], first.sampling_rate, seed=tcfg["seed"])
         if self.is_main:
             logging.info("augmentation: %s", ", ".join(self.augment.active) or "none")
-        self.dataset = AsrDataset(self.tokenizer, self.augment)
+        # online teachers of another view (a broadband teacher of a narrowband student) read that view's
+        # features of each batch, augmented with the same draws
+        views = {path: (by_id, self.augment.view(next(iter(by_id.values())).sampling_rate))
+                 for path, by_id in (getattr(self.objective, "views", None) or {}).items()}
+        self.dataset = AsrDataset(self.tokenizer, self.augment, views)
         self.ddp_model: torch.nn.Module = self.model
         if self.world_size > 1:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
@@ -299,6 +303,9 @@ class Trainer:
         batch = dict(batch)
         batch["features"] = batch["features"].to(self.device, non_blocking=True)
         batch["feature_lens"] = batch["feature_lens"].to(self.device)
+        if "views" in batch:
+            batch["views"] = {k: (f.to(self.device, non_blocking=True), n.to(self.device))
+                              for k, (f, n) in batch["views"].items()}
         return batch
 
     def _grads_finite(self) -> bool:

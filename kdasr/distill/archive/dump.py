@@ -15,7 +15,7 @@ from tqdm import tqdm
 from kdasr.distill.archive.format import COMPACT_LOGP_RANGE, ArchiveError, ArchiveMeta, ArchiveMismatchError, default_k
 from kdasr.distill.archive.writer import SoftLabelWriter, job_split, merge_jobs, record_plan
 from kdasr.distill.oracle import dump_inputs
-from kdasr.models.checkpoint import load_model
+from kdasr.models.checkpoint import experiment_name, load_model
 from kdasr.models.common import FRAME_SHIFT, SUBSAMPLING, output_lengths
 from kdasr.models.inference import ModelInputs, iter_model_outputs
 from kdasr.utils.io import Pathlike
@@ -106,14 +106,6 @@ def dump_soft_labels(
     return stats
 
 
-def teacher_name_from_checkpoint(checkpoint: Pathlike) -> str:
-    """The experiment directory's name: ``exp/vgg_wb/best.pt`` and ``exp/vgg_wb/checkpoints/checkpoint-5.pt`` give ``vgg_wb``."""
-    parent = Path(checkpoint).absolute().parent
-    if parent.name == "checkpoints":
-        parent = parent.parent
-    return parent.name
-
-
 def view_from_cuts_path(cuts_path: Pathlike) -> Optional[str]:
     """``wb``/``nb`` from a ``cuts_<part>_<view>.jsonl.gz`` name (``prepare fbank``'s naming), else None."""
     m = re.search(r"_(wb|nb)\.jsonl(\.gz)?$", Path(cuts_path).name)
@@ -144,7 +136,7 @@ def dump_from_checkpoint(
     writes the compact form (``logp_range`` default
     :data:`~kdasr.distill.archive.format.COMPACT_LOGP_RANGE`). The meta records the
     checkpoint path as given, the checkpoint's lang hash, and ``teacher``
-    (default: :func:`teacher_name_from_checkpoint`) and ``view`` (default:
+    (default: :func:`kdasr.models.checkpoint.experiment_name`) and ``view`` (default:
     from the cuts file name, else ``wb``). Returns :func:`dump_soft_labels`'s
     stats plus ``meta``.
     """
@@ -170,7 +162,7 @@ def dump_from_checkpoint(
             f"expects {ckpt['num_features']} (wrong view or fbank settings?)"
         )
     meta = ArchiveMeta(
-        teacher=teacher or teacher_name_from_checkpoint(checkpoint),
+        teacher=teacher or experiment_name(checkpoint),
         checkpoint=str(checkpoint),
         lang_hash=str(ckpt["lang_hash"]),
         vocab_size=vocab_size,

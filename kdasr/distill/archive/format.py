@@ -366,9 +366,3 @@ def chunk_name(job: int, n: int) -> str:
 def arrays_suffix(meta: ArchiveMeta) -> str:
     """File suffix of a chunk's arrays: ``.h5`` (float16, HDF5) or ``.bin`` (compact, raw bytes)."""
     return ".h5" if meta.quantization is None else ".bin"
-
-
-def archive_key(cut: Cut) -> str:
-    """The id an archive knows a cut by: ``orig_id`` for the copies multistream training makes."""
-    custom = cut.custom or {}
-    return str(custom.get("orig_id", cut.id))

@@ -11,12 +11,12 @@ from lhotse import CutSet
 from lhotse.cut import Cut
 
 from kdasr.distill.align import align_to_anchor
+from kdasr.data.dataset import source_id
 from kdasr.distill.archive.format import (
     CUTS_FILE,
     META_FILE,
     ArchiveMeta,
     ArchiveMismatchError,
-    archive_key,
     chunk_manifests,
 )
 from kdasr.distill.archive.reader import archive_frames, load_archive, load_probs
@@ -66,7 +66,7 @@ def archive_info(archive_dir: Pathlike, cuts: Optional[Iterable[Cut]] = None) ->
         "bytes_per_frame": nbytes / total if total else float("nan"),
     }
     if cuts is not None:
-        want = {archive_key(c) for c in cuts}
+        want = {source_id(c) for c in cuts}
         covered = len(want & frames.keys())
         info["coverage"] = {
             "cuts": len(want),
@@ -164,7 +164,7 @@ def check_loaded(
     n = 0
     for c in student_cuts:
         n += 1
-        key = archive_key(c)
+        key = source_id(c)
         if key not in archive_frames_by_id:
             missing.append(key)
             continue
