@@ -48,6 +48,8 @@ decode_methods="greedy beam wfst"   # greedy | beam (flashlight, lexicon + n-gra
 use_gpu=                 # true: stage 8 decodes on CUDA (network, greedy/beam, batched torch WFST); false: CPU; empty: CUDA if any
 lm_order=3               # word n-gram of the WFST graph, trained on the training transcripts
 kd_temperature=2         # temperature of the teachers' soft labels
+ensembles=               # ensemble rows of stage 8/9: "NAME=A+B ...", e.g. "ensemble_wb=vgg_wb+lstm_wb": the listed
+                         # experiments decoded together (posteriors averaged after re-timing onto A's spikes)
 train_jobs=1             # experiments trained (and decoded) at once, each with nproc/train_jobs threads
 train_overrides=         # key=value words added to every experiment, e.g. "train.epochs=2"
 train_launcher=          # prefix of `kdasr train`, e.g. "torchrun --standalone --nproc-per-node 4 --no-python"
@@ -106,6 +108,22 @@ while IFS=$'\t' read -r p_name _ p_view p_seed p_stage p_deps p_archived p_confi
   plan_all+=("$p_name")
   [ "$p_stage" != - ] && plan_names+=("$p_name")
 done < $exp/plan/plan.tsv
+
+# --ensembles: NAME -> its members, each an experiment of the plan (decoded together in stage 8).
+declare -A ens_members
+for e in $ensembles; do
+  members=${e#*=}
+  [[ $e == *=*+* ]] || { echo "$0: --ensembles: '$e' is not NAME=A+B[+...]" >&2; exit 1; }
+  for m in ${members//+/ }; do
+    [ -n "${plan_view[$m]:-}" ] || { echo "$0: --ensembles: $m (of ${e%%=*}) is not an experiment of $experiments" >&2; exit 1; }
+  done
+  ens_members[${e%%=*}]=${members//+/ }
+done
+# decode_view NAME: the view NAME decodes (an ensemble's: its first member's).
+decode_view() {
+  local members=${ens_members[$1]:-$1}
+  echo ${plan_view[${members%% *}]}
+}
 
 # train_one NAME: one experiment from its planned config, skipped when .done exists.
 train_one() {
@@ -291,7 +309,10 @@ pool_drain() {
 job_ready() {
   local what name dep
   IFS=: read -r what name _ <<< "$1"
-  if [ $what = decode ]; then [ -f $exp/$name/.done ]; return; fi
+  if [ $what = decode ]; then
+    for dep in ${ens_members[$name]:-$name}; do [ -f $exp/$dep/.done ] || return 1; done
+    return 0
+  fi
   for dep in ${plan_deps[$name]}; do
     [ "$dep" = - ] || [ -f $exp/${dep%%=*}/.done ] || return 1
   done
@@ -310,11 +331,14 @@ job_start() {
     # beam and wfst search the same words and LM: the graph dir has lexicon.txt and G.arpa.
     [ $method != greedy ] && opts="--opt graph_dir=$(cat $graph_dir_file)"
     (( train_jobs > 1 )) && log "decode $name $part $method, log: $exp/log/decode_${name}_${part}_$method.log"
+    local ckpts="" view
+    for dep in ${ens_members[$name]:-$name}; do ckpts+=" --checkpoint $exp/$dep/best.pt"; done
+    view=$(decode_view $name)
     # shellcheck disable=SC2086
     pool_add $exp/log/decode_${name}_${part}_$method.log \
-      kdasr decode --checkpoint $exp/$name/best.pt --lang-dir $lang_dir --method $method \
-        --cuts $data/fbank/cuts_${part}_${plan_view[$name]}.jsonl.gz \
-        --out-dir $exp/$name/decode_${part}_${plan_view[$name]}_${method} $opts \
+      kdasr decode $ckpts --lang-dir $lang_dir --method $method \
+        --cuts $data/fbank/cuts_${part}_${view}.jsonl.gz \
+        --out-dir $exp/$name/decode_${part}_${view}_${method} $opts \
         ${use_gpu:+--device $([ "$use_gpu" = true ] && echo cuda || echo cpu)}
   fi
 }
@@ -323,7 +347,7 @@ job_blocked() {
   local what name dep
   IFS=: read -r what name _ <<< "$1"
   pool_failed=1
-  if [ $what = decode ]; then log "$name is not trained: not decoded"; return; fi
+  if [ $what = decode ]; then log "${ens_members[$name]:-$name} not all trained: $name not decoded"; return; fi
   for dep in ${plan_deps[$name]}; do
     [ "$dep" = - ] || [ -f $exp/${dep%%=*}/.done ] || log "$name is not trained: it reads ${dep%%=*}, which is not trained"
   done
@@ -379,10 +403,10 @@ fi
 if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
   log "Stage 8: decode ($decode_methods) on $test_parts"
   jobs=()
-  for name in "${plan_names[@]}"; do
+  for name in "${plan_names[@]}" "${!ens_members[@]}"; do
     for part in $test_parts; do
       for method in $decode_methods; do
-        [ -f $exp/$name/decode_${part}_${plan_view[$name]}_${method}/decode.yaml ] || jobs+=("decode:$name:$part:$method")
+        [ -f $exp/$name/decode_${part}_$(decode_view $name)_${method}/decode.yaml ] || jobs+=("decode:$name:$part:$method")
       done
     done
   done

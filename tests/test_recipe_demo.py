@@ -1,9 +1,10 @@
 """The demo recipe end to end on the tiny corpus, through the real shell scripts.
 
 This is the CI's full-pipeline run: demo corpus → narrowband view → fbank →
-tokens → three teachers → soft labels → nine students (hard labels, single
-teachers, switch/multistream/average, broadband → narrowband) → graph →
-greedy/beam/WFST decoding → RESULTS.md and the plot. Epochs are cut to keep it
+tokens → three teachers → soft labels → ten students (hard labels, single
+teachers, switch/multistream/average, broadband → narrowband, a teacher run
+online under time warp) → graph → greedy/beam/WFST decoding of each and of
+the teachers' ensemble → RESULTS.md and the plot. Epochs are cut to keep it
 to a few minutes; the WERs are not meaningful at this size, the plumbing is.
 """
 from __future__ import annotations
@@ -56,9 +57,18 @@ def test_demo_recipe_tiny_end_to_end(tmp_path):
     assert cfg["data"]["train_cuts"].endswith("cuts_train_nb.jsonl.gz")
     assert [t["name"] for t in cfg["kd"]["teachers"]] == ["vgg_wb", "lstm_wb"]
     assert len(list((exp / "cnn_wb_multistream").glob("cuts_train_multistream.jsonl.gz"))) == 1
+    # The online student ran the broadband teacher's checkpoint on the broadband view, time warp on.
+    cfg = yaml.safe_load((exp / "cnn_nb_kd_vgg_online" / "config.yaml").read_text())
+    assert cfg["kd"]["teachers"] == [{"name": "vgg_wb", "checkpoint": "exp/vgg_wb/best.pt",
+                                      "cuts": "data/fbank/cuts_train_wb.jsonl.gz"}]
+    assert cfg["data"]["augment"]["specaugment"]["time_warp_factor"] == 80
+    # The two broadband teachers decoded together: the ensemble row, and the gap each KD student closes.
+    ens = yaml.safe_load((exp / "ensemble_wb" / "decode_test_wb_greedy" / "decode.yaml").read_text())
+    assert ens["members"] == ["exp/vgg_wb/best.pt", "exp/lstm_wb/best.pt"]
     results = (exp / "RESULTS.md").read_text()
-    for name in names:
+    for name in names + ["ensemble_wb"]:
         assert name in results
+    assert "Share of the gap from the hard-label student to the ensemble" in results
     assert (exp / "wer_vs_params.png").stat().st_size > 1000
 
     # A rerun finds every stage done and redoes nothing.

@@ -73,3 +73,27 @@ def test_plot_labels_spread_apart_but_stay_near_their_points() -> None:
     assert all(b - a >= 2.0 - 1e-9 for a, b in zip(got, got[1:]))
     assert sum(got) / 4 == pytest.approx((0.0 + 3.0 + 3.1 + 3.2) / 4)
     assert _spread([], 1.0) == []
+
+
+def test_the_gap_each_kd_student_closes_to_the_ensemble(tmp_path: Path):
+    key = ("test_wb", "greedy")
+    dirs = [
+        _fake_exp(tmp_path, "vgg", "teacher", 4_000_000, {key: 8.0}),
+        _fake_exp(tmp_path, "cnn", "student", 500_000, {key: 20.0}),
+        _fake_exp(tmp_path, "cnn_kd", "student", 500_000, {key: 14.0}),
+        _fake_exp(tmp_path, "cnn_nb_kd", "student", 500_000, {("test_nb", "greedy"): 15.0}),
+        _fake_exp(tmp_path, "ens", "-", 8_000_000, {key: 10.0}),
+    ]
+    for d, cfg in zip(dirs, [{"role": "teacher"}, {"role": "student", "view": "wb"},
+                             {"role": "student", "view": "wb", "kd": {"teachers": [{"name": "vgg"}]}},
+                             {"role": "student", "view": "nb", "kd": {"teachers": [{"name": "vgg"}]}}]):
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (dirs[4] / "config.yaml").unlink()  # an ensemble is decoded, not trained: its decode.yaml names the members
+    dec = dirs[4] / "decode_test_wb_greedy" / "decode.yaml"
+    dec.write_text(yaml.safe_dump({**yaml.safe_load(dec.read_text()), "members": ["exp/vgg/best.pt", "exp/lstm/best.pt"]}))
+    rows = collect(dirs)
+    assert [r.role for r in rows] == ["teacher", "student", "student", "student", "ensemble"]
+    table = markdown_table(rows)
+    # (20 - 14) / (20 - 10): the wb KD student closes 60% of the gap; the nb one has no nb hard-label row
+    assert "| cnn_kd | test_wb greedy | cnn 20.00 | ens 10.00 | 14.00 | 60% |" in table
+    assert "cnn_nb_kd | test" not in table

@@ -1,23 +1,25 @@
 #!/usr/bin/env python3
-"""What knowledge distillation from a soft-label archive costs, and what top-k storage loses.
+"""What knowledge distillation costs, from a soft-label archive or with the teacher online, and what top-k storage loses.
 
 Not a test: it prints figures, all measured in the same run (ratios compare
 runs on the same machine under the same load):
 
 (a) training-step throughput of the same CNN student on the same batches
-    with plain CTC (``CtcObjective``) and with frame-KL KD from a dense and
-    a top-k archive (``KDTargets`` + ``KDObjective``); the KD step includes
-    reading and expanding the labels, which is what the trainer pays;
+    with plain CTC (``CtcObjective``), with frame-KL KD from a dense and a
+    top-k archive (``KDTargets`` + ``KDObjective``; the step includes reading
+    and expanding the labels, which is what the trainer pays), and with the
+    teacher online (``kd.teachers[].checkpoint``: the step includes the
+    teacher's forward pass on the batch);
 (b) archive bytes per output frame, dense vs top-k (k = --ks) at vocabularies
     30, 100 and 500, each float16 and compact (uint8), on CTC-like synthetic
     distributions (blank-dominated, peaky), and of the teacher's own labels
     with their KL to its dense float16 labels;
 (c) soft-label dump speed (seconds of audio per second) of a teacher, dense
     and top-8;
-(d) WER of CNN students trained with CTC only, and with KD from dense and
-    top-k labels of --teacher, float16 or compact (--wer-labels; needs
-    --data-dir and --teacher; --skip-train leaves it out), each with its
-    relative difference to the dense-label students.
+(d) WER of CNN students trained with CTC only, with KD from dense and
+    top-k labels of --teacher, float16 or compact, and with --teacher online
+    (--wer-labels; needs --data-dir and --teacher; --skip-train leaves it
+    out), each with its relative difference to the dense-label students.
 
 Without --data-dir, (a)-(c) run on synthetic feature cuts with an untrained
 teacher built from --teacher-config (speed does not depend on the weights).
@@ -28,7 +30,7 @@ fbank/cmvn_wb.json, --lang) they run on its training cuts, and on
     python tools/bench_kd.py --skip-train
     python tools/bench_kd.py --data-dir egs/demo/data --teacher egs/demo/exp/vgg_wb/best.pt --epochs 12
     python tools/bench_kd.py --data-dir egs/demo/data --lang lang_bpe --teacher egs/demo/exp/cnn_wb/best.pt \
-        --wer-labels dense,top8-u8 --seeds 1,2
+        --wer-labels dense,top8-u8,online --seeds 1,2
 """
 from __future__ import annotations
 
@@ -171,7 +173,7 @@ def _label_name(k: Optional[int], quantization: Optional[str]) -> str:
 def _parse_label_name(name: str) -> tuple[Optional[int], Optional[str]]:
     base, _, q = name.partition("-")
     if q not in ("", "u8") or not (base == "dense" or (base.startswith("top") and base[3:].isdigit())):
-        raise SystemExit(f"--wer-labels: {name!r} is not ctc, dense, top<K>, dense-u8 or top<K>-u8")
+        raise SystemExit(f"--wer-labels: {name!r} is not ctc, online, dense, top<K>, dense-u8 or top<K>-u8")
     return (None if base == "dense" else int(base[3:])), ("uint8" if q else None)
 
 
@@ -220,7 +222,7 @@ def _batches(setup: Setup, max_duration: float, num_steps: int, device: torch.de
 
 
 def bench_steps(setup: Setup, archives: dict, student_cfg: dict, max_duration: float, num_steps: int,
-                rounds: int, device: torch.device) -> None:
+                rounds: int, device: torch.device, temperature: float) -> None:
     batches = _batches(setup, max_duration, num_steps, device)
     audio = sum(float(c.duration) for b in batches for c in b["cuts"])
     torch.manual_seed(0)
@@ -234,6 +236,11 @@ def bench_steps(setup: Setup, archives: dict, student_cfg: dict, max_duration: f
                       setup.tok.hash, setup.tok.vocab_size)
         targets[name] = t
         objectives[name] = KDObjective(t)
+    online = KDTargets({"kd": {**kd_cfg, "temperature": temperature,
+                               "teachers": [{"name": "t", "checkpoint": str(setup.teacher)}]}},
+                       setup.cuts, setup.tok.hash, setup.tok.vocab_size)
+    targets["kd online"] = online
+    objectives["kd online"] = KDObjective(online)
     models = {n: copy.deepcopy(base).to(device).train() for n in objectives}
     opts = {n: torch.optim.AdamW(m.parameters(), lr=1e-4) for n, m in models.items()}
     times: dict[str, list[float]] = {n: [] for n in objectives}
@@ -272,7 +279,8 @@ def bench_steps(setup: Setup, archives: dict, student_cfg: dict, max_duration: f
         for i, b in enumerate(batches):
             by_id = {c.id: c for c in b["cuts"]}
             cuts = [by_id[x] for x in b["cut_ids"]]
-            t.targets_for_batch(cuts, output_lengths(b["feature_lens"]).cpu(), i, device=device)
+            t.targets_for_batch(cuts, output_lengths(b["feature_lens"]).cpu(), i, device=device,
+                                inputs={None: (b["features"], b["feature_lens"])})
         _sync(device)
         lookup[name] = (time.perf_counter() - t0) / len(batches)
 
@@ -288,7 +296,8 @@ def bench_steps(setup: Setup, archives: dict, student_cfg: dict, max_duration: f
         print(f"    {name:<12} {1000 * med / len(batches):9.1f} {audio / med:10.1f} {ctc / med:7.2f} "
               f"{1000 * med_cpu / len(batches):12.1f} {ctc_cpu / med_cpu:7.2f} {lk}")
     print("    (vs ctc: KD throughput / CTC throughput, from wall time and from this process's CPU time, which\n"
-          "     other processes' load disturbs less; label ms/step: reading and expanding the labels alone)")
+          "     other processes' load disturbs less; label ms/step: reading and expanding the labels alone,\n"
+          f"     online: the teacher's forward pass ({setup.teacher_name}))")
 
 
 # --------------------------------------------------------------------------- (b) bytes per frame
@@ -377,6 +386,10 @@ def bench_wer(setup: Setup, args: argparse.Namespace, device: str) -> None:
         if label == "ctc":
             kinds.append(("ctc", None))
             continue
+        if label == "online":
+            kinds.append(("kd online", {"strategy": "frame-kl", "lambda": args.kd_lambda, "temperature": args.temperature,
+                                        "teachers": [{"name": "teacher", "checkpoint": str(setup.teacher)}]}))
+            continue
         k, q = _parse_label_name(label)
         path, _ = setup.archive(k, args.temperature, device, quantization=q)
         kinds.append((f"kd {label}", {
@@ -447,7 +460,8 @@ def main() -> None:
     p.add_argument("--vocabs", type=_ints, default=[30, 100, 500], help="(b): vocabulary sizes.")
     p.add_argument("--lang", default="lang_char", help="Lang dir under --data-dir (lang_char, lang_bpe, ...).")
     p.add_argument("--wer-labels", type=lambda s: [x for x in s.split(",") if x], default=None,
-                   help="(d): students to train, e.g. ctc,dense,top8,top8-u8 (-u8: compact) "
+                   help="(d): students to train, e.g. ctc,dense,top8,top8-u8,online (-u8: compact; online: the "
+                        "teacher run in the training process) "
                         "[default: ctc, dense and top<K> for each of --ks].")
     p.add_argument("--only", type=lambda s: set(s.split(",")), default={"a", "b", "c", "d"},
                    help="Parts to run, e.g. b,d [default: all].")
@@ -484,7 +498,8 @@ def main() -> None:
             archives = bench_dump(setup, dump_ks, args.temperature, device.type, args.dump_rounds)
         if "a" in args.only:
             student_cfg = load_config(args.student_config)["model"]
-            bench_steps(setup, archives, student_cfg, args.max_duration, args.steps, args.rounds, device)
+            bench_steps(setup, archives, student_cfg, args.max_duration, args.steps, args.rounds, device,
+                        args.temperature)
         if "b" in args.only:
             bench_bytes(setup.cuts, work, args.vocabs, args.ks)
             bench_teacher_labels(setup, [k for k in args.ks if k == 8] or args.ks[:1], args.temperature, device.type)

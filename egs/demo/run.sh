@@ -10,4 +10,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 exec ../../recipes/kd_asr.sh --corpus demo --experiments conf/experiments.txt \
-  --token-kind bpe --bpe-vocab 100 --train-jobs 2 "$@"
+  --token-kind bpe --bpe-vocab 100 --train-jobs 2 --ensembles "ensemble_wb=vgg_wb+lstm_wb" "$@"

@@ -23,8 +23,12 @@ while (( $# > 0 )); do
   esac
 done
 experiments=conf/experiments.txt
-[ "$use_gpu" = true ] && experiments=conf/gpu/experiments.txt
+ensembles=
+if [ "$use_gpu" = true ]; then
+  experiments=conf/gpu/experiments.txt
+  ensembles="ensemble_wb=vgg_wb+lstm_wb"   # the two teachers decoded together: the results' ensemble row
+fi
 exec ../../recipes/kd_asr.sh --corpus kaldi ${corpus_dir:+--corpus-dir "$corpus_dir" --kaldi-wav-root "$corpus_dir"} \
   --train-part train --dev-part dev --test-parts test --dev-speakers 10 --sampling-rate 16000 \
   --speed-perturb "0.9 1.0 1.1" --token-kind char \
-  --use-gpu $use_gpu --experiments $experiments "${args[@]}"
+  --use-gpu $use_gpu --experiments $experiments ${ensembles:+--ensembles "$ensembles"} "${args[@]}"

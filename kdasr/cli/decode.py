@@ -23,7 +23,10 @@ def _weights(ctx: click.Context, param: click.Parameter, value: Optional[str]) -
 
 
 @click.command()
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--checkpoint", "checkpoints", required=True, multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Model to decode with; given several times, their ensemble (posteriors averaged after "
+                   "re-timing onto the first one's spikes).")
 @click.option("--cuts", "cuts_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Cuts with features, e.g. data/fbank/cuts_test_wb.jsonl.gz.")
 @click.option("--lang-dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -42,7 +45,7 @@ def _weights(ctx: click.Context, param: click.Parameter, value: Optional[str]) -
               help="Try these LM weights on --scan-cuts and decode CUTS with the best (beam with an LM, wfst).")
 @click.option("--scan-cuts", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Dev cuts for --scan-lm-weights.")
-def decode(checkpoint: Path, cuts_path: Path, lang_dir: Path, method: str, out_dir: Path, device: str,
+def decode(checkpoints: tuple[Path, ...], cuts_path: Path, lang_dir: Path, method: str, out_dir: Path, device: str,
            max_duration: float, opts: tuple[str, ...], name: Optional[str], num_jobs: int,
            scan_weights: Optional[list[float]], scan_cuts: Optional[Path]) -> None:
     """Decode CUTS and write recogs-*, errs-* (with %WER), wer-summary-* and decode.yaml to OUT_DIR.
@@ -59,7 +62,7 @@ def decode(checkpoint: Path, cuts_path: Path, lang_dir: Path, method: str, out_d
         keys, value = parse_override(item)
         decoder_opts[".".join(keys)] = value
     try:
-        summary = run_decode(checkpoint, cuts_path, lang_dir, out_dir, method, device, max_duration, decoder_opts,
+        summary = run_decode(list(checkpoints), cuts_path, lang_dir, out_dir, method, device, max_duration, decoder_opts,
                              name, num_jobs=num_jobs, scan_weights=scan_weights, scan_cuts=scan_cuts)
     except (ValueError, DataError, MemoryError) as e:  # DataError: cuts without features, unreadable feature files;
         # MemoryError: a WFST search of one utterance too big for the device

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
 import yaml
@@ -14,6 +14,7 @@ from tqdm import tqdm
 from kdasr.data.tokenizer import Tokenizer, UnknownTokenError
 from kdasr.data.validate import cut_text
 from kdasr.decode import Decoder, make_decoder, scan_lm_weights
+from kdasr.decode.ensemble import load_ensemble
 from kdasr.models import macs_per_second
 from kdasr.models.checkpoint import load_model
 from kdasr.models.inference import iter_model_outputs
@@ -142,7 +143,7 @@ def set_name(cuts_path: Path) -> str:
 
 
 def run_decode(
-    checkpoint: Path,
+    checkpoint: Union[Path, Sequence[Path]],
     cuts_path: Path,
     lang_dir: Path,
     out_dir: Path,
@@ -156,6 +157,9 @@ def run_decode(
     scan_cuts: Optional[Path] = None,
 ) -> dict:
     """Decode ``cuts_path`` with ``checkpoint`` and write icefall-style results to ``out_dir``.
+
+    Several checkpoints decode as one ensemble (:mod:`kdasr.decode.ensemble`): posteriors averaged
+    after re-timing onto the first one's spikes; ``decode.yaml`` then names the members.
 
     Writes ``recogs-<name>-<method>.txt``, ``errs-...``, ``wer-summary-...``,
     ``nbest-...`` (when ``decoder_opts`` has ``nbest`` > 1) and
@@ -180,8 +184,13 @@ def run_decode(
         if "lm_weight" in opts:
             raise ValueError("give the LM weight either as a decoder option or as weights to scan, not both")
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
-    model, ckpt = load_model(checkpoint, dev)
+    paths = [Path(checkpoint)] if isinstance(checkpoint, (str, Path)) else [Path(p) for p in checkpoint]
     tokenizer = Tokenizer.from_dir(lang_dir)
+    if len(paths) > 1:
+        model, ckpt = load_ensemble(paths, dev, tokenizer.blank_id)
+    else:
+        model, ckpt = load_model(paths[0], dev)
+    checkpoint = paths[0]
     if ckpt["lang_hash"] != tokenizer.hash:
         raise ValueError(f"{checkpoint} was trained with another token set than {lang_dir}")
     name = name or set_name(cuts_path)
@@ -233,6 +242,7 @@ def run_decode(
     audio_seconds = sum(c.duration for c in cuts)
     summary = {
         "checkpoint": str(checkpoint),
+        **({"members": ckpt["members"]} if "members" in ckpt else {}),
         "model": ckpt["model_cfg"]["name"],
         "cuts": str(cuts_path),
         "method": method,

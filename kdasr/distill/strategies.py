@@ -165,6 +165,7 @@ class KDTargets:
         step: int,
         ref_targets: Optional[Sequence[Sequence[int]]] = None,
         device: Optional[Union[str, torch.device]] = None,
+        inputs: Optional[ViewInputs] = None,
     ) -> torch.Tensor:
         """Teacher probabilities ``(B, T', V)`` for the batch's cuts, in the order given, zero-padded to ``T' = max(num_frames)``.
 
@@ -174,10 +175,11 @@ class KDTargets:
         are needed by ``best``, and under ``align_spikes`` they are the
         sequences aligned (else each cut's first-teacher best path). Padded
         frames are all-zero rows, which every loss here masks out by length.
+        Online teachers read ``inputs`` (see :meth:`loss`; default: those of the loss being computed).
         """
         if self.mode.needs_refs and ref_targets is None:
             raise ValueError(f"kd.combine {self.combine} needs the batch's reference targets (ref_targets)")
-        b = label_batch(cuts, num_frames, ref_targets, device, self._inputs)
+        b = label_batch(cuts, num_frames, ref_targets, device, self._inputs if inputs is None else inputs)
         probs, self.last_teachers = self.mode.targets(b, step)
         return probs
 

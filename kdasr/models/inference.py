@@ -75,7 +75,7 @@ def iter_model_outputs(
             try:
                 feats, feat_lens = collate_features(batch)
             except Exception as e:  # a broken feature file: name the cuts so the user can find it
-                raise DataError(f"cannot load the features of cuts {batch.ids[:8]}: {e}") from e
+                raise DataError(f"cannot load the features of cuts {list(batch.ids)[:8]}: {e}") from e
             extra = {k: _move(v, device) for k, v in (model_inputs(list(batch)) if model_inputs else {}).items()}
             logits, out_lens = model(feats.to(device), feat_lens.to(device), **extra)
             yield ModelOutputs(list(batch), torch.log_softmax(logits.float() / temperature, dim=-1), out_lens, feat_lens)

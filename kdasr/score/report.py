@@ -50,6 +50,9 @@ class Row:
     group_of: dict = field(default_factory=dict)
     rtf: dict = field(default_factory=lambda: defaultdict(list))
     order: int = 0
+    #: trained with a ``kd`` section (a KD student), and on which view (from config.yaml)
+    kd: bool = False
+    view: Optional[str] = None
 
 
 def _read_yaml(path: Path) -> dict:
@@ -137,11 +140,14 @@ def collect(exp_dirs: Iterable[Path]) -> list[Row]:
         if row is None:
             row = rows[name] = Row(
                 name=name,
-                role=str(cfg.get("role", "–")),  # as the plan recorded it; "–" for runs outside a recipe
+                # as the plan recorded it; an ensemble decode names its members; "–" for runs outside a recipe
+                role=str(cfg.get("role") or ("ensemble" if first.get("members") else "–")),
                 model=first.get("model", "?"),
                 params=int(first.get("num_params", 0)),
                 macs=float(first.get("macs_per_second", 0.0)),
                 order=order,
+                kd=bool(cfg.get("kd")),
+                view=cfg.get("view"),
             )
         row.seeds.append(m.group(1) if m else "-")
         if "train_seconds" in summary:
@@ -183,7 +189,7 @@ def markdown_table(rows: list[Row], with_conditions: bool = True) -> str:
         cells = [r.name, r.role, r.model, _fmt_params(r.params), f"{r.macs / 1e6:.1f}", train_min, str(len(r.seeds))]
         cells += [_fmt(r.wers.get(k, [])) for k in keys]
         lines.append("| " + " | ".join(cells) + " |")
-    out = "\n".join(lines) + "\n"
+    out = "\n".join(lines) + "\n" + gap_table(rows)
     if with_conditions:
         out += _group_tables(rows)
     conds = sorted({k for r in rows for k in r.cond})
@@ -198,6 +204,38 @@ def markdown_table(rows: list[Row], with_conditions: bool = True) -> str:
                 if any((t, m, c) in r.cond for c in cs):
                     out += f"| {r.name} | " + " | ".join(_fmt(r.cond.get((t, m, c), [])) for c in cs) + " |\n"
     return out
+
+
+def gap_table(rows: list[Row]) -> str:
+    """How much of the gap from the hard-label student to each ensemble every KD student closes.
+
+    Hinton et al. (2015) report the share of an ensemble's gain over a single
+    model that the distilled model keeps: ``(WER_hard - WER_kd) / (WER_hard -
+    WER_ensemble)``. The hard-label student of a KD student is the student of
+    the same model and view trained without ``kd``; only test sets and methods
+    the ensemble was decoded on count. Empty without an ensemble row.
+    """
+    ensembles = [r for r in rows if r.role == "ensemble"]
+    hard: dict = {}
+    for r in rows:
+        if r.role == "student" and not r.kd:
+            hard.setdefault((r.model, r.view), r)
+    lines = []
+    for r in rows:
+        base = hard.get((r.model, r.view))
+        if r.role != "student" or not r.kd or base is None:
+            continue
+        for ens in ensembles:
+            for key in sorted(set(r.wers) & set(base.wers) & set(ens.wers)):
+                b, e, s = (statistics.fmean(x.wers[key]) for x in (base, ens, r))
+                closed = f"{100 * (b - s) / (b - e):.0f}%" if b > e else "– (ensemble not better)"
+                lines.append(f"| {r.name} | {key[0]} {key[1]} | {base.name} {b:.2f} | {ens.name} {e:.2f} | "
+                             f"{s:.2f} | {closed} |")
+    if not lines:
+        return ""
+    return ("\nShare of the gap from the hard-label student to the ensemble that each KD student closes "
+            "(Hinton et al. 2015):\n\n| KD student | test | hard-label student | ensemble | KD student | gap closed |\n"
+            "|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
 
 
 def _group_label(group: str, conds: list[str]) -> str:
