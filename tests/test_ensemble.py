@@ -76,3 +76,18 @@ def test_decode_of_several_checkpoints_is_one_ensemble_row(tmp_path):
     write_checkpoint(tmp_path / "c.pt", other)
     res = CliRunner().invoke(cli, args[:3] + ["--checkpoint", str(tmp_path / "c.pt")] + args[5:])
     assert res.exit_code == 1 and "c.pt has lang_hash" in res.output and "Traceback" not in res.output
+
+
+def test_a_missing_feature_file_is_named_with_its_cuts(tmp_path):
+    """Decoding cuts whose feature file is gone: one line naming the cuts, no traceback."""
+    cuts = make_feature_cuts(tmp_path / "feats", num_cuts=3)
+    test = tmp_path / "cuts_test.jsonl.gz"
+    save_manifest(cuts, test)
+    tok = build_char_lang([c.supervisions[0].text for c in cuts], tmp_path / "lang")
+    ckpt = write_checkpoint(tmp_path / "a.pt", tok)
+    for f in (tmp_path / "feats").rglob("*"):
+        if f.is_file():
+            f.unlink()
+    res = CliRunner().invoke(cli, ["decode", "--checkpoint", str(ckpt), "--cuts", str(test), "--lang-dir",
+                                   str(tmp_path / "lang"), "--out-dir", str(tmp_path / "out"), "--device", "cpu"])
+    assert res.exit_code == 1 and "cannot load the features of cuts" in res.output and cuts[0].id in res.output
