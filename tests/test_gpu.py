@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+import yaml
 from lhotse import CutSet
 
 from kdasr.data.tokenizer import Tokenizer
@@ -62,3 +63,14 @@ def test_cuda_beam_search_and_greedy_equal_cpu(tmp_path, margin):
     assert cuda_beam.use_cuda
     assert cuda_beam(lp.cuda(), lens.cuda()) == cpu_beam(lp, lens)
     assert make_decoder("greedy", tok, device="cuda")(lp.cuda(), lens.cuda()) == make_decoder("greedy", tok)(lp, lens)
+
+
+
+def test_online_kd_student_trains_on_cuda_under_bf16(trained, tmp_path):
+    """An online teacher on the GPU (the trainer's bf16 autocast, no gradients) teaches a CNN student there."""
+    cfg = yaml.safe_load((trained["root"] / "exp" / "config.yaml").read_text())  # data, train: cuda with amp
+    cfg["model"] = {"name": "cnn", "channels": 32, "num_layers": 2}
+    cfg["train"]["epochs"] = 2
+    cfg["kd"] = {"teachers": [{"name": "t", "checkpoint": str(trained["root"] / "exp" / "best.pt")}]}
+    state = train_from_config(cfg, tmp_path / "student")
+    assert all(torch.isfinite(torch.tensor(h["train_kd"])) for h in state.history)
