@@ -113,7 +113,7 @@ def test_a_teacher_of_another_view_reads_that_view_augmented_the_same_way(online
     kd = KDTargets({"teachers": [_teacher(online, cuts=wb_path)]}, nb, tok.hash, tok.vocab_size)
     assert set(kd.views) == {wb_path}
     augment = Augmenter(TIME_WARP, 8000, seed=5)
-    views = {p: (by_id, augment.view(16000)) for p, by_id in kd.views.items()}
+    views = {p: (v.cuts, augment.view(16000)) for p, v in kd.views.items()}
     augment.set_epoch(2)
     batch = _batches(online, augment, views, cuts=nb)[0]
     wb_feats, wb_lens = batch["views"][wb_path]
@@ -123,6 +123,25 @@ def test_a_teacher_of_another_view_reads_that_view_augmented_the_same_way(online
     kd.teachers[0].model.register_forward_pre_hook(lambda m, args: seen.__setitem__("teacher", args[0]))
     loss, _ = KDObjective(kd)(_student(online), batch, step=0)
     assert torch.isfinite(loss) and seen["teacher"] is wb_feats
+
+
+def test_a_clean_teacher_input_is_warped_like_the_student_but_not_masked(online):
+    tok, train = online["tok"], online["train"]
+    kd = KDTargets({"teachers": [_teacher(online)], "teacher_input": "clean"}, train, tok.hash, tok.vocab_size)
+    assert set(kd.views) == {"<student>"} and kd.views["<student>"].clean
+    seen = {}
+    kd.teachers[0].model.register_forward_pre_hook(lambda m, args: seen.__setitem__("teacher", args[0]))
+    augment = Augmenter({"specaugment": {"time_warp_factor": 10, "p": 1.0}}, 16000, seed=3)
+    views = {k: (v.cuts, augment.view(16000, clean=v.clean)) for k, v in kd.views.items()}
+    batch = _batches(online, augment, views)[0]
+    plain = _batches(online)[0]["features"]
+    KDObjective(kd)(_student(online), batch, step=0)
+    teacher, student = seen["teacher"], batch["features"]
+    assert not torch.equal(teacher, plain)  # warped...
+    differs = teacher != student  # ...and unmasked: the student differs only where masked (lhotse's mask value)
+    assert differs.any()
+    for i in range(student.shape[0]):
+        assert torch.allclose(student[i][differs[i]], teacher[i].mean().expand(int(differs[i].sum())), atol=1e-5)
 
 
 @pytest.mark.parametrize("combine,extra", [

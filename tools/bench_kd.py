@@ -18,8 +18,9 @@ runs on the same machine under the same load):
     and top-8;
 (d) WER of CNN students trained with CTC only, with KD from dense and
     top-k labels of --teacher, float16 or compact, and with --teacher online
-    (--wer-labels; needs --data-dir and --teacher; --skip-train leaves it
-    out), each with its relative difference to the dense-label students.
+    on the student's features or on their clean copy (--wer-labels; needs
+    --data-dir and --teacher; --skip-train leaves it out), each with its
+    relative difference to the dense-label students.
 
 Without --data-dir, (a)-(c) run on synthetic feature cuts with an untrained
 teacher built from --teacher-config (speed does not depend on the weights).
@@ -386,9 +387,11 @@ def bench_wer(setup: Setup, args: argparse.Namespace, device: str) -> None:
         if label == "ctc":
             kinds.append(("ctc", None))
             continue
-        if label == "online":
-            kinds.append(("kd online", {"strategy": "frame-kl", "lambda": args.kd_lambda, "temperature": args.temperature,
-                                        "teachers": [{"name": "teacher", "checkpoint": str(setup.teacher)}]}))
+        if label in ("online", "online-clean"):  # the teacher on the student's features, or on their clean copy
+            kinds.append((f"kd {label}", {
+                "strategy": "frame-kl", "lambda": args.kd_lambda, "temperature": args.temperature,
+                "teacher_input": "clean" if label == "online-clean" else "augmented",
+                "teachers": [{"name": "teacher", "checkpoint": str(setup.teacher)}]}))
             continue
         k, q = _parse_label_name(label)
         path, _ = setup.archive(k, args.temperature, device, quantization=q)
@@ -460,8 +463,9 @@ def main() -> None:
     p.add_argument("--vocabs", type=_ints, default=[30, 100, 500], help="(b): vocabulary sizes.")
     p.add_argument("--lang", default="lang_char", help="Lang dir under --data-dir (lang_char, lang_bpe, ...).")
     p.add_argument("--wer-labels", type=lambda s: [x for x in s.split(",") if x], default=None,
-                   help="(d): students to train, e.g. ctc,dense,top8,top8-u8,online (-u8: compact; online: the "
-                        "teacher run in the training process) "
+                   help="(d): students to train, e.g. ctc,dense,top8,top8-u8,online,online-clean (-u8: compact; "
+                        "online: the teacher run in the training process on the student's features, online-clean: "
+                        "on them without gain, noise and masks) "
                         "[default: ctc, dense and top<K> for each of --ks].")
     p.add_argument("--only", type=lambda s: set(s.split(",")), default={"a", "b", "c", "d"},
                    help="Parts to run, e.g. b,d [default: all].")

@@ -346,6 +346,7 @@ class Augmenter:
         self.reverb = Reverb(self.cfg["reverb"], sampling_rate) if "reverb" in on else None
         self.spec_augment = SpecAugmentation.build(self.cfg["specaugment"]) if "specaugment" in on else None
         self._views: list[Augmenter] = []  # other views' augmenters (:meth:`view`), kept at this epoch
+        self.clean = False  # a view that takes the frame moves alone (:meth:`view`)
 
     @property
     def active(self) -> list[str]:
@@ -390,15 +391,18 @@ class Augmenter:
             feats = Volume.apply(feats, self.volume.gain_db(_rng(self.seed, self.epoch, cut.id, "volume")))
         return feats
 
-    def view(self, sampling_rate: int) -> "Augmenter":
+    def view(self, sampling_rate: int, clean: bool = False) -> "Augmenter":
         """An augmenter of another view of the same cuts (an online teacher's broadband copy of a narrowband
         student's cuts): the same config, seed and epoch, so every cut gets the same gain and the same noise
-        or impulse response at the same offset and SNR, resampled to ``sampling_rate``. Time warp and
-        masks come from the student's augmenter in :meth:`paired`."""
+        or impulse response at the same offset and SNR, resampled to ``sampling_rate``. ``clean``: none of
+        those, only the student's frame moves (time warp). Time warp and masks come from the student's
+        augmenter in :meth:`paired`."""
         other = copy.copy(self)
-        other._views = []
+        other._views, other.clean = [], clean
+        if clean:
+            other.volume = other.noise = other.reverb = None
         for name in ("noise", "reverb"):
-            aug = getattr(self, name)
+            aug = getattr(other, name)
             if aug is not None and aug.sampling_rate != sampling_rate:
                 aug = copy.copy(aug)
                 aug.recordings = [r.resample(sampling_rate) for r in aug.recordings]
@@ -420,8 +424,8 @@ class Augmenter:
     ) -> tuple[tuple[torch.Tensor, torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
         """The augmented batch of ``cuts`` and of each other view (``(augmenter from :meth:`view`, its cuts in
         the same order)``): SpecAugment draws the same time warp and masks for every view (same frames per
-        cut; frequency masks on the same bin indices), and the global random streams end where they would
-        without the other views."""
+        cut; frequency masks on the same bin indices; a clean view gets the time warp alone), and the
+        global random streams end where they would without the other views."""
         feats, lens = self.features(cuts)
         outs = [aug.features(view_cuts) for aug, view_cuts in others]
         for (_, view_lens), (_, view_cuts) in zip(outs, others):
@@ -433,11 +437,19 @@ class Augmenter:
             return (feats, lens), outs
         state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
         warped = []
-        for view_feats, view_lens in outs:
+        for (view_feats, view_lens), (aug, _) in zip(outs, others):
             random.setstate(state[0]), np.random.set_state(state[1]), torch.set_rng_state(state[2])
-            warped.append((self.spec_augment(view_feats), view_lens))
+            warped.append((self._warp(view_feats) if aug.clean else self.spec_augment(view_feats), view_lens))
         random.setstate(state[0]), np.random.set_state(state[1]), torch.set_rng_state(state[2])
         return (self.spec_augment(feats), lens), warped
+
+    def _warp(self, feats: torch.Tensor) -> torch.Tensor:
+        """SpecAugment's time warp of each sequence without its masks: lhotse's own per-sequence step, so
+        it draws what the full SpecAugment draws before its masks (which take torch's random stream)."""
+        out = feats.clone()
+        for i in range(feats.size(0)):
+            out[i] = self.spec_augment._forward_single(feats[i], warp=True, mask=False)
+        return out
 
     def __call__(self, cuts: CutSet) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded ``features (B, T, F)`` and ``feature_lens (B,)`` of ``cuts`` (in their order)."""

@@ -24,6 +24,7 @@ from kdasr.ctc import REDUCTIONS
 from kdasr.distill.losses import NBestList
 from kdasr.distill.objectives import KD_LOSSES
 from kdasr.distill.teachers import (
+    TEACHER_INPUTS,
     TeacherLabels,
     ViewInputs,
     check_teacher_entries,
@@ -49,9 +50,11 @@ KD_DEFAULTS: dict = {
     "reduction": "utterance",
     "blank_id": 0,
     "align_spikes": False,  # re-time every other teacher's labels onto the first teacher's spikes
+    "teacher_input": "augmented",  # online teachers: augmented | clean (kdasr.distill.teachers.TEACHER_INPUTS)
 }
 # Keys every loss and combine mode reads; the others belong to one kind (its ``options``).
-_SHARED_KEYS = ("strategy", "teachers", "combine", "temperature", "reduction", "blank_id", "align_spikes")
+_SHARED_KEYS = ("strategy", "teachers", "combine", "temperature", "reduction", "blank_id", "align_spikes",
+                "teacher_input")
 
 
 def resolve_kd_config(cfg: Mapping[str, Any]) -> dict:
@@ -83,6 +86,8 @@ def resolve_kd_config(cfg: Mapping[str, Any]) -> dict:
     mode = COMBINE_MODES.get(c["combine"])
     loss.check_config(c)
     mode.check_config(c, len(teachers))
+    if c["teacher_input"] not in TEACHER_INPUTS:
+        raise ConfigError(f"kd.teacher_input must be one of {', '.join(TEACHER_INPUTS)}, got {c['teacher_input']!r}")
     if c["align_spikes"] and len(teachers) < 2:
         raise ConfigError("kd.align_spikes re-times teachers onto the first one: it needs at least two")
     read = set(_SHARED_KEYS) | set(loss.options) | set(mode.options)
@@ -115,6 +120,8 @@ class KDTargets:
           guide_weight: 1.0           # guided: weight of the guide term
           reduction: utterance        # utterance | frame | sum (see kdasr.distill.losses)
           align_spikes: false         # re-time the other teachers onto the first one's spikes (kdasr.distill.align)
+          teacher_input: augmented    # online teachers read the student's features, or clean: without gain,
+                                      # noise, reverberation and masks (the same frames)
 
     On construction every archive is checked against ``student_cuts`` and
     ``lang_hash`` (every cut present, frame counts, token set, frame
@@ -139,7 +146,8 @@ class KDTargets:
         self.blank_id = int(c["blank_id"])
         self.align_spikes = bool(c["align_spikes"])
         self.teachers, self.views = load_teachers(
-            c["teachers"], list(student_cuts), lang_hash, vocab_size, frame_shift, c["temperature"])
+            c["teachers"], list(student_cuts), lang_hash, vocab_size, frame_shift, c["temperature"],
+            c["teacher_input"])
         self._inputs: ViewInputs = {}
         self.labels = TeacherLabels(self.teachers, self.blank_id, self.align_spikes)
         self.vocab_size = self.labels.vocab_size
@@ -233,7 +241,7 @@ class KDObjective:
 
     @property
     def views(self) -> dict:
-        """Other views of the training cuts the batches must carry: ``cuts`` path -> cuts by id."""
+        """Other views of the training cuts the batches must carry: key -> :class:`~kdasr.distill.teachers.TeacherView`."""
         return self.kd.views
 
     def __call__(self, model: torch.nn.Module, batch: dict, step: int) -> tuple[torch.Tensor, dict]:

@@ -47,6 +47,12 @@ TEACHER_KEYS = ("name", "archive", "checkpoint", "cuts", "weight")
 #: the temperature of online teachers when neither ``kd.temperature`` nor an archive sets one
 #: (that of ``kdasr soft-labels``)
 DEFAULT_TEMPERATURE = 1.0
+#: ``kd.teacher_input``: what online teachers read. ``augmented``: the student's features exactly;
+#: ``clean``: the same frames (speed copy, time warp) without gain, noise, reverberation and masks,
+#: as in teacher-student training on parallel clean/noisy data (Li et al., Interspeech 2014)
+TEACHER_INPUTS = ("augmented", "clean")
+#: the view key of a clean copy of the student's own features (an online teacher of its view)
+STUDENT_VIEW = "<student>"
 
 ViewInputs = Mapping[Optional[str], tuple[torch.Tensor, torch.Tensor]]
 """``(features, feature_lens)`` per view: None the student's own, else an online teacher's ``cuts`` path."""
@@ -170,6 +176,15 @@ class OnlineTeacher(Teacher):
         return probs if b.device is None else probs.to(b.device)
 
 
+@dataclass(frozen=True)
+class TeacherView:
+    """Features an online teacher reads instead of the student's batch: a view of the training cuts
+    (``cuts``: source id -> cut) augmented with the student's draws, or only its frame moves (``clean``)."""
+
+    cuts: dict[str, Cut]
+    clean: bool
+
+
 def _student_features(cuts: Sequence[Cut]) -> tuple[int, int]:
     """``(num_features, sampling_rate)`` of the student's features (its first cut's)."""
     first = cuts[0]
@@ -200,11 +215,12 @@ def _view_cuts(path: str, student_cuts: Sequence[Cut], where: str) -> dict[str, 
 
 def load_online_teacher(
     i: int, t: Mapping[str, Any], student_cuts: Sequence[Cut], lang_hash: Optional[str],
-    vocab_size: Optional[int], frame_shift: float, temperature: float,
-) -> tuple[OnlineTeacher, Optional[dict[str, Cut]]]:
+    vocab_size: Optional[int], frame_shift: float, temperature: float, clean: bool = False,
+) -> tuple[OnlineTeacher, Optional[TeacherView]]:
     """An online teacher from its checkpoint, refused before the first step (one line naming the file and
     the mismatch) when its token set, frame rate, feature dimension or sampling rate differ from what it
-    will read; with ``cuts``, also its view (:func:`_view_cuts`)."""
+    will read; with ``cuts``, also its view (:func:`_view_cuts`), and with ``clean`` a clean copy of
+    the student's own view when it reads that."""
     path = str(t["checkpoint"])
     where = f"kd.teachers[{i}] (checkpoint {path})"
     try:
@@ -232,10 +248,12 @@ def load_online_teacher(
     model = model_from_checkpoint(ckpt).eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    if view_cuts is None and clean:
+        view, view_cuts = STUDENT_VIEW, {source_id(c): c for c in student_cuts}
     teacher = OnlineTeacher(name, path, float(t.get("weight", 1.0)), int(ckpt["vocab_size"]),
                             float(ckpt.get("frame_shift", frame_shift)), temperature, ckpt.get("lang_hash"),
                             model=model, view=view)
-    return teacher, view_cuts
+    return teacher, None if view_cuts is None else TeacherView(view_cuts, clean)
 
 
 def load_archive_teacher(
@@ -265,13 +283,14 @@ def load_teachers(
     vocab_size: Optional[int],
     frame_shift: float,
     temperature: Optional[float] = None,
-) -> tuple[list[Teacher], dict[str, dict[str, Cut]]]:
+    teacher_input: str = "augmented",
+) -> tuple[list[Teacher], dict[str, TeacherView]]:
     """Load every ``kd.teachers`` entry and check it against the student and the other teachers
     (vocabulary, frame shift, temperature: labels at different temperatures cannot share one T^2).
 
     Online teachers run at ``temperature`` (``kd.temperature``), else at the archives', else at
-    :data:`DEFAULT_TEMPERATURE`. Returns the teachers and the views online teachers read
-    (``cuts`` path -> cuts by id).
+    :data:`DEFAULT_TEMPERATURE`, on ``teacher_input`` (:data:`TEACHER_INPUTS`). Returns the teachers
+    and the views online teachers read (``cuts`` path, or :data:`STUDENT_VIEW` -> :class:`TeacherView`).
     """
     check_teacher_entries(teachers_cfg)
     student_cuts = list(student_cuts)
@@ -281,16 +300,17 @@ def load_teachers(
     ]
     online_t = temperature if temperature is not None else (
         teachers[0].temperature if teachers else DEFAULT_TEMPERATURE)
-    views: dict[str, dict[str, Cut]] = {}
+    views: dict[str, TeacherView] = {}
     by_entry = iter(teachers)
     ordered: list[Teacher] = []
     for i, t in enumerate(teachers_cfg):  # keep the config's order: the first teacher anchors align_spikes
         if t.get("archive"):
             ordered.append(next(by_entry))
             continue
-        teacher, view_cuts = load_online_teacher(i, t, student_cuts, lang_hash, vocab_size, frame_shift, online_t)
-        if view_cuts is not None:
-            views[str(t["cuts"])] = view_cuts
+        teacher, view = load_online_teacher(i, t, student_cuts, lang_hash, vocab_size, frame_shift, online_t,
+                                            teacher_input == "clean")
+        if view is not None:
+            views[str(teacher.view)] = view
         ordered.append(teacher)
     names = [t.name for t in ordered]
     dup = sorted({n for n in names if names.count(n) > 1})

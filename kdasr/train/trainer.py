@@ -208,9 +208,9 @@ class Trainer:
         if self.is_main:
             logging.info("augmentation: %s", ", ".join(self.augment.active) or "none")
         # online teachers of another view (a broadband teacher of a narrowband student) read that view's
-        # features of each batch, augmented with the same draws
-        views = {path: (by_id, self.augment.view(next(iter(by_id.values())).sampling_rate))
-                 for path, by_id in (getattr(self.objective, "views", None) or {}).items()}
+        # features of each batch, augmented with the same draws (or, kd.teacher_input clean, only warped alike)
+        views = {key: (v.cuts, self.augment.view(next(iter(v.cuts.values())).sampling_rate, clean=v.clean))
+                 for key, v in (getattr(self.objective, "views", None) or {}).items()}
         self.dataset = AsrDataset(self.tokenizer, self.augment, views)
         self.ddp_model: torch.nn.Module = self.model
         if self.world_size > 1:
