@@ -67,7 +67,8 @@ def test_online_targets_equal_the_archived_ones(online):
     tok, train = online["tok"], online["train"]
     archived = KDTargets({"teachers": [{"name": "t1", "archive": str(online["root"] / "t1" / "softlabels")}]},
                          train, tok.hash, tok.vocab_size)
-    live = KDTargets({"teachers": [_teacher(online)], "temperature": 2.0}, train, tok.hash, tok.vocab_size)
+    live = KDTargets({"teachers": [_teacher(online)], "temperature": 2.0, "teacher_input": "augmented"},
+                     train, tok.hash, tok.vocab_size)  # (the batches are not augmented: both inputs agree)
     student = _student(online)
     compared = 0
     for batch in _batches(online):
@@ -83,7 +84,7 @@ def test_online_targets_equal_the_archived_ones(online):
 
 def test_online_teacher_reads_the_warped_features_the_student_reads(online):
     tok, train = online["tok"], online["train"]
-    kd = KDTargets({"teachers": [_teacher(online)]}, train, tok.hash, tok.vocab_size)
+    kd = KDTargets({"teachers": [_teacher(online)], "teacher_input": "augmented"}, train, tok.hash, tok.vocab_size)
     student, seen = _student(online), {}
     student.register_forward_pre_hook(lambda m, args: seen.__setitem__("student", args[0].clone()))
     kd.teachers[0].model.register_forward_pre_hook(lambda m, args: seen.__setitem__("teacher", args[0].clone()))
@@ -110,8 +111,9 @@ def test_a_teacher_of_another_view_reads_that_view_augmented_the_same_way(online
     with pytest.raises(ArchiveMismatchError, match=r"best.pt.*16000 Hz.*8000 Hz.*kd.teachers\[\].cuts"):
         KDTargets({"teachers": [_teacher(online)]}, nb, tok.hash, tok.vocab_size)
     wb_path = str(online["paths"]["train"])
-    kd = KDTargets({"teachers": [_teacher(online, cuts=wb_path)]}, nb, tok.hash, tok.vocab_size)
-    assert set(kd.views) == {wb_path}
+    kd = KDTargets({"teachers": [_teacher(online, cuts=wb_path)], "teacher_input": "augmented"}, nb, tok.hash,
+                   tok.vocab_size)
+    assert set(kd.views) == {wb_path} and not kd.views[wb_path].clean
     augment = Augmenter(TIME_WARP, 8000, seed=5)
     views = {p: (v.cuts, augment.view(16000)) for p, v in kd.views.items()}
     augment.set_epoch(2)
@@ -127,7 +129,7 @@ def test_a_teacher_of_another_view_reads_that_view_augmented_the_same_way(online
 
 def test_a_clean_teacher_input_is_warped_like_the_student_but_not_masked(online):
     tok, train = online["tok"], online["train"]
-    kd = KDTargets({"teachers": [_teacher(online)], "teacher_input": "clean"}, train, tok.hash, tok.vocab_size)
+    kd = KDTargets({"teachers": [_teacher(online)]}, train, tok.hash, tok.vocab_size)  # clean: the default
     assert set(kd.views) == {"<student>"} and kd.views["<student>"].clean
     seen = {}
     kd.teachers[0].model.register_forward_pre_hook(lambda m, args: seen.__setitem__("teacher", args[0]))

@@ -237,7 +237,8 @@ def bench_steps(setup: Setup, archives: dict, student_cfg: dict, max_duration: f
                       setup.tok.hash, setup.tok.vocab_size)
         targets[name] = t
         objectives[name] = KDObjective(t)
-    online = KDTargets({"kd": {**kd_cfg, "temperature": temperature,
+    # the batches here are not augmented, so the teacher reads the student's own features
+    online = KDTargets({"kd": {**kd_cfg, "temperature": temperature, "teacher_input": "augmented",
                                "teachers": [{"name": "t", "checkpoint": str(setup.teacher)}]}},
                        setup.cuts, setup.tok.hash, setup.tok.vocab_size)
     targets["kd online"] = online

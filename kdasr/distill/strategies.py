@@ -50,7 +50,7 @@ KD_DEFAULTS: dict = {
     "reduction": "utterance",
     "blank_id": 0,
     "align_spikes": False,  # re-time every other teacher's labels onto the first teacher's spikes
-    "teacher_input": "augmented",  # online teachers: augmented | clean (kdasr.distill.teachers.TEACHER_INPUTS)
+    "teacher_input": "clean",  # online teachers: clean | augmented (kdasr.distill.teachers.TEACHER_INPUTS)
 }
 # Keys every loss and combine mode reads; the others belong to one kind (its ``options``).
 _SHARED_KEYS = ("strategy", "teachers", "combine", "temperature", "reduction", "blank_id", "align_spikes",
@@ -120,8 +120,8 @@ class KDTargets:
           guide_weight: 1.0           # guided: weight of the guide term
           reduction: utterance        # utterance | frame | sum (see kdasr.distill.losses)
           align_spikes: false         # re-time the other teachers onto the first one's spikes (kdasr.distill.align)
-          teacher_input: augmented    # online teachers read the student's features, or clean: without gain,
-                                      # noise, reverberation and masks (the same frames)
+          teacher_input: clean        # online teachers read the student's frames without gain, noise,
+                                      # reverberation and masks, or augmented: exactly the student's features
 
     On construction every archive is checked against ``student_cuts`` and
     ``lang_hash`` (every cut present, frame counts, token set, frame

@@ -47,10 +47,12 @@ TEACHER_KEYS = ("name", "archive", "checkpoint", "cuts", "weight")
 #: the temperature of online teachers when neither ``kd.temperature`` nor an archive sets one
 #: (that of ``kdasr soft-labels``)
 DEFAULT_TEMPERATURE = 1.0
-#: ``kd.teacher_input``: what online teachers read. ``augmented``: the student's features exactly;
-#: ``clean``: the same frames (speed copy, time warp) without gain, noise, reverberation and masks,
-#: as in teacher-student training on parallel clean/noisy data (Li et al., Interspeech 2014)
-TEACHER_INPUTS = ("augmented", "clean")
+#: ``kd.teacher_input``: what online teachers read. ``clean`` (the default): the student's frames
+#: (speed copy, time warp) without gain, noise, reverberation and masks, as in teacher-student
+#: training on parallel clean/noisy data (Li et al., Interspeech 2014); ``augmented``: the student's
+#: features exactly. On the demo (CNN teacher, masks on, 2 seeds) clean gave students of 31.4% test
+#: WER, augmented 32.7%, the archive (clean labels) 31.7% (tools/bench_kd.py).
+TEACHER_INPUTS = ("clean", "augmented")
 #: the view key of a clean copy of the student's own features (an online teacher of its view)
 STUDENT_VIEW = "<student>"
 
