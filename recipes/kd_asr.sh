@@ -347,7 +347,11 @@ job_blocked() {
   local what name dep
   IFS=: read -r what name _ <<< "$1"
   pool_failed=1
-  if [ $what = decode ]; then log "${ens_members[$name]:-$name} not all trained: $name not decoded"; return; fi
+  if [ $what = decode ]; then
+    if [ -n "${ens_members[$name]:-}" ]; then log "$name: not all of ${ens_members[$name]} trained: not decoded"
+    else log "$name is not trained: not decoded"; fi
+    return
+  fi
   for dep in ${plan_deps[$name]}; do
     [ "$dep" = - ] || [ -f $exp/${dep%%=*}/.done ] || log "$name is not trained: it reads ${dep%%=*}, which is not trained"
   done

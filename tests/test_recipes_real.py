@@ -68,8 +68,12 @@ def test_experiment_configs_build(experiments: str) -> None:
         if "kd" in s.config:
             assert s.role == "student" and set(s.config["kd"]) <= set(KD_DEFAULTS), s.name
             assert set(s.deps) == {t["name"] for t in s.config["kd"]["teachers"]} <= teachers, s.name
-            for t in s.config["kd"]["teachers"]:
-                assert t["archive"] == f"exp/{t['name']}/softlabels", s.name
+            for t in s.config["kd"]["teachers"]:  # an archive, or a checkpoint run online on its view's cuts
+                if "checkpoint" in t:
+                    assert t["checkpoint"] == f"exp/{t['name']}/best.pt" and s.deps[t["name"]] == "trained", s.name
+                    assert t["cuts"].endswith("cuts_train_wb.jsonl.gz"), s.name
+                else:
+                    assert t["archive"] == f"exp/{t['name']}/softlabels", s.name
 
 
 DEMO_LISTS = sorted(p.name for p in (REPO / "egs" / "demo" / "conf").glob("experiments*.txt"))
@@ -102,7 +106,8 @@ def test_shared_kd_configs_restate_no_default() -> None:
     assert files and not list(REPO.glob("egs/*/conf/kd/*.yaml"))
     for f in files:
         kd = load_config(f)["kd"]
-        assert kd["teachers"] and all(set(t) == {"name"} for t in kd["teachers"]), f.name
+        # a teacher by name: its archive, or (online) its best.pt on the cuts of its view
+        assert kd["teachers"] and all(set(t) in ({"name"}, {"name", "checkpoint", "view"}) for t in kd["teachers"]), f.name
         assert all(kd[k] != KD_DEFAULTS[k] for k in kd if k != "teachers"), f.name
 
 
