@@ -54,12 +54,17 @@ def test_members_spiking_on_other_frames_are_retimed_before_averaging():
     torch.testing.assert_close(same[0], torch.log_softmax(a, -1))
 
 
-def test_decode_of_several_checkpoints_is_one_ensemble_row(tmp_path):
-    cuts = make_feature_cuts(tmp_path / "feats", num_cuts=5)
+def _test_set(tmp_path, num_cuts: int):
+    """Feature cuts saved as the test set, their char lang and an (untrained) CNN checkpoint ``a.pt``."""
+    cuts = make_feature_cuts(tmp_path / "feats", num_cuts=num_cuts)
     test = tmp_path / "cuts_test.jsonl.gz"
     save_manifest(cuts, test)
     tok = build_char_lang([c.supervisions[0].text for c in cuts], tmp_path / "lang")
-    one = write_checkpoint(tmp_path / "a.pt", tok)
+    return cuts, test, write_checkpoint(tmp_path / "a.pt", tok)
+
+
+def test_decode_of_several_checkpoints_is_one_ensemble_row(tmp_path):
+    cuts, test, one = _test_set(tmp_path, 5)
     ckpt = load_checkpoint(one)
     torch.manual_seed(1)
     ckpt["model"] = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in ckpt["model"].items()}
@@ -80,11 +85,7 @@ def test_decode_of_several_checkpoints_is_one_ensemble_row(tmp_path):
 
 def test_a_missing_feature_file_is_named_with_its_cuts(tmp_path):
     """Decoding cuts whose feature file is gone: one line naming the cuts, no traceback."""
-    cuts = make_feature_cuts(tmp_path / "feats", num_cuts=3)
-    test = tmp_path / "cuts_test.jsonl.gz"
-    save_manifest(cuts, test)
-    tok = build_char_lang([c.supervisions[0].text for c in cuts], tmp_path / "lang")
-    ckpt = write_checkpoint(tmp_path / "a.pt", tok)
+    cuts, test, ckpt = _test_set(tmp_path, 3)
     for f in (tmp_path / "feats").rglob("*"):
         if f.is_file():
             f.unlink()
