@@ -436,11 +436,15 @@ class Augmenter:
         if self.spec_augment is None:
             return (feats, lens), outs
         state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+
+        def rewind() -> None:  # the global streams SpecAugment draws from, back to where the batch began
+            random.setstate(state[0]), np.random.set_state(state[1]), torch.set_rng_state(state[2])
+
         warped = []
         for (view_feats, view_lens), (aug, _) in zip(outs, others):
-            random.setstate(state[0]), np.random.set_state(state[1]), torch.set_rng_state(state[2])
+            rewind()
             warped.append((self._warp(view_feats) if aug.clean else self.spec_augment(view_feats), view_lens))
-        random.setstate(state[0]), np.random.set_state(state[1]), torch.set_rng_state(state[2])
+        rewind()
         return (self.spec_augment(feats), lens), warped
 
     def _warp(self, feats: torch.Tensor) -> torch.Tensor:

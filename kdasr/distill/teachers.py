@@ -40,7 +40,6 @@ from kdasr.distill.archive import (
 )
 from kdasr.models.checkpoint import experiment_name, load_checkpoint, model_from_checkpoint
 from kdasr.models.common import model_inputs
-from kdasr.utils.io import Pathlike
 
 #: the keys of a ``kd.teachers`` entry
 TEACHER_KEYS = ("name", "archive", "checkpoint", "cuts", "weight")
