@@ -35,6 +35,7 @@ from torch import nn
 from kdasr import __version__
 from kdasr.data.tokenizer import LangError, Tokenizer
 from kdasr.data.features import fbank_extractor
+from kdasr.errors import KdasrError
 from kdasr.models import AcousticModel
 from kdasr.models.checkpoint import load_checkpoint, model_from_checkpoint
 from kdasr.utils.io import Pathlike, atomic_path, atomic_write_text
@@ -65,7 +66,7 @@ _INSTALL_HINT = "pip install 'kdasr[export]'"
 _CKPT_KEYS = ("model", "model_cfg", "num_features", "vocab_size")
 
 
-class ExportError(RuntimeError):
+class ExportError(KdasrError, RuntimeError):
     """A model that cannot be exported, or an exported graph that disagrees with torch."""
 
 

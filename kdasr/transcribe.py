@@ -29,6 +29,7 @@ from kdasr.data.features import fbank_extractor
 from kdasr.data.tokenizer import LangError, Tokenizer
 from kdasr.decode import make_decoder
 from kdasr.distill.align import token_spans
+from kdasr.errors import KdasrError
 from kdasr.export import ExportError, checkpoint_sample_rate, require_module, sidecar_path
 from kdasr.models.checkpoint import load_model
 from kdasr.utils.io import Pathlike
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".sph", ".aiff", ".aif")
 
 
-class TranscribeError(ValueError):
+class TranscribeError(KdasrError, ValueError):
     """A model that cannot be loaded for transcription (bad path, no tokens, unknown sample rate)."""
 
 

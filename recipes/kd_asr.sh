@@ -47,6 +47,8 @@ seeds=1                  # students are trained once per seed (name_seedN)
 decode_methods="greedy beam wfst"   # greedy | beam (flashlight, lexicon + n-gram LM) | wfst (TLG, same LM)
 use_gpu=                 # true: stage 8 decodes on CUDA (network, greedy/beam, batched torch WFST); false: CPU; empty: CUDA if any
 lm_order=3               # word n-gram of the WFST graph, trained on the training transcripts
+lm_weights="0.3 0.5 0.7 1.0 1.4"  # beam, wfst: LM weights tried on the dev part; the test is decoded with
+                         # the best (lm-weight-scan-*.md next to it); empty: the decoders' default, 1.0
 kd_temperature=2         # temperature of the teachers' soft labels
 ensembles=               # ensemble rows of stage 8/9: "NAME=A+B ...", e.g. "ensemble_wb=vgg_wb+lstm_wb": the listed
                          # experiments decoded together (posteriors averaged after re-timing onto A's spikes)
@@ -328,12 +330,15 @@ job_start() {
     (( train_jobs > 1 )) && log "train $name in the background, log: $exp/log/train_$name.log"
     pool_add $exp/log/train_$name.log train_one $name
   else
-    # beam and wfst search the same words and LM: the graph dir has lexicon.txt and G.arpa.
-    [ $method != greedy ] && opts="--opt graph_dir=$(cat $graph_dir_file)"
     (( train_jobs > 1 )) && log "decode $name $part $method, log: $exp/log/decode_${name}_${part}_$method.log"
     local ckpts="" view
     for dep in ${ens_members[$name]:-$name}; do ckpts+=" --checkpoint $exp/$dep/best.pt"; done
     view=$(decode_view $name)
+    # beam and wfst search the same words and LM: the graph dir has lexicon.txt and G.arpa.
+    if [ $method != greedy ]; then
+      opts="--opt graph_dir=$(cat $graph_dir_file)"
+      [ -n "$lm_weights" ] && opts+=" --scan-lm-weights ${lm_weights// /,} --scan-cuts $data/fbank/cuts_${dev_part}_${view}.jsonl.gz"
+    fi
     # shellcheck disable=SC2086
     pool_add $exp/log/decode_${name}_${part}_$method.log \
       kdasr decode $ckpts --lang-dir $lang_dir --method $method \

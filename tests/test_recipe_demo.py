@@ -49,6 +49,9 @@ def test_demo_recipe_tiny_end_to_end(tmp_path):
             view = "nb" if name.endswith("nb") or "_nb" in name else "wb"
             summary = yaml.safe_load((exp / name / f"decode_test_{view}_{method}" / "decode.yaml").read_text())
             assert 0.0 <= summary["wer"] <= 200.0
+            if method != "greedy":  # the LM weight was chosen on dev, from the recipe's grid
+                assert summary["lm_weight"] in (0.3, 0.5, 0.7, 1.0, 1.4)
+                assert summary["lm_weight_scan"]["cuts"] == f"data/fbank/cuts_dev_{view}.jsonl.gz"
     for teacher in ("vgg_wb", "lstm_wb", "vgg_nb"):
         meta = yaml.safe_load((exp / teacher / "softlabels" / "meta.yaml").read_text())
         assert meta["teacher"] == teacher and meta["temperature"] == 2.0

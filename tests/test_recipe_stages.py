@@ -87,8 +87,9 @@ def _run(egs: Path, experiments: str, *args: str, sleeps: dict[str, float] | Non
     for name, s in (sleeps or {}).items():
         (sleep_dir / name).write_text(str(s))
     calls = egs / "calls.txt"
-    env = {**os.environ, "PATH": f"{egs.parent.parent / 'bin'}:{os.environ['PATH']}",
-           "CALLS": str(calls), "SLEEP_DIR": str(sleep_dir), "PYTHON": sys.executable}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # the threads the recipe sets, not ours
+    env.update(PATH=f"{egs.parent.parent / 'bin'}:{os.environ['PATH']}", CALLS=str(calls), SLEEP_DIR=str(sleep_dir),
+               PYTHON=sys.executable)
     res = subprocess.run(
         ["bash", "../../recipes/kd_asr.sh", "--corpus", "demo", "--stage", "4", "--stop-stage", "6", "--nj", "1", *args],
         cwd=egs, env=env, capture_output=True, text=True, timeout=120,

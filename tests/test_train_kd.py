@@ -65,7 +65,6 @@ def test_single_teacher_kd_learns(kd_setup, tmp_path):
 
 def test_untranscribed_cuts_learn_from_labels_only(kd_setup, tmp_path):
     """Cuts without a transcript stay in training under KD (only the KD term sees them)."""
-    root = kd_setup["root"]
     cuts = []
     for i, c in enumerate(kd_setup["train"]):
         if i % 2:  # every other cut loses its transcript

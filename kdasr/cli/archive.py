@@ -45,13 +45,10 @@ def archive() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
 def info(archive_dir: Path, cuts_path: Optional[Path], as_json: bool) -> None:
     """Teacher, storage, temperature, size, bytes per frame and coverage of the archive DIR."""
-    from kdasr.distill.archive import ArchiveError, ArchiveMismatchError, archive_info
+    from kdasr.distill.archive import archive_info
 
     cuts = _load_cuts(cuts_path) if cuts_path is not None else None
-    try:
-        d = archive_info(archive_dir, cuts)
-    except (ArchiveError, ArchiveMismatchError) as e:
-        raise click.ClickException(str(e)) from e
+    d = archive_info(archive_dir, cuts)
     if as_json:
         # NaN (an empty archive's bytes per frame) is not JSON
         out = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
@@ -84,22 +81,15 @@ def check(archive_dir: Path, cuts_path: Path, lang_dir: Optional[Path]) -> None:
     Every cut must have labels, with ceil(feature frames / 4) frames, and
     (with --lang-dir) the same token set as the teacher.
     """
-    from kdasr.data.errors import DataError
     from kdasr.data.tokenizer import Tokenizer
-    from kdasr.distill.archive import ArchiveError, ArchiveMismatchError, check_archive
+    from kdasr.distill.archive import check_archive
 
     lang_hash = vocab_size = None
     if lang_dir is not None:
-        try:
-            tok = Tokenizer.from_dir(lang_dir)
-        except DataError as e:
-            raise click.ClickException(str(e)) from e
+        tok = Tokenizer.from_dir(lang_dir)
         lang_hash, vocab_size = tok.hash, tok.vocab_size
     cuts = _load_cuts(cuts_path)
-    try:
-        problems = check_archive(archive_dir, cuts, lang_hash, vocab_size=vocab_size)
-    except (ArchiveError, ArchiveMismatchError) as e:
-        raise click.ClickException(str(e)) from e
+    problems = check_archive(archive_dir, cuts, lang_hash, vocab_size=vocab_size)
     if problems:
         raise click.ClickException(
             f"soft-label archive {archive_dir} does not fit the student cuts {cuts_path}:\n  - " + "\n  - ".join(problems)
@@ -118,13 +108,10 @@ def merge(archive_dir: Path, allow_partial: bool) -> None:
     A dump with unfinished jobs (killed, or never run) is refused, naming the
     jobs and cuts, unless --allow-partial.
     """
-    from kdasr.distill.archive import ArchiveError, merge_jobs
+    from kdasr.distill.archive import merge_jobs
 
     log_to(archive_dir, "merge")
-    try:
-        cuts = merge_jobs(archive_dir, allow_partial=allow_partial)
-    except ArchiveError as e:
-        raise click.ClickException(str(e)) from e
+    cuts = merge_jobs(archive_dir, allow_partial=allow_partial)
     click.echo(f"{archive_dir}: {len(cuts)} cuts merged into {archive_dir / 'cuts.jsonl.gz'}")
 
 
@@ -145,12 +132,9 @@ def agreement(dir_a: Path, dir_b: Path, max_cuts: Optional[int], aligned: bool, 
     mixes misaligned spikes: combine with kd.align_spikes, or train one with
     Guided CTC and the other as its guide.
     """
-    from kdasr.distill.archive import ArchiveError, ArchiveMismatchError, archive_spike_agreement
+    from kdasr.distill.archive import archive_spike_agreement
 
-    try:
-        d = archive_spike_agreement(dir_a, dir_b, max_cuts, aligned)
-    except (ArchiveError, ArchiveMismatchError) as e:
-        raise click.ClickException(str(e)) from e
+    d = archive_spike_agreement(dir_a, dir_b, max_cuts, aligned)
     if as_json:
         click.echo(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}, indent=2))
         return

@@ -1,25 +1,13 @@
 """``kdasr decode``: decode a cut set with a checkpoint and score it."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Optional
 
 import click
 
+from kdasr.cli.common import float_list, log_to, one_line
 from kdasr.config import parse_override
-
-
-def _weights(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[list[float]]:
-    if value is None:
-        return None
-    try:
-        weights = [float(w) for w in value.split(",") if w.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
-    if not weights:
-        raise click.BadParameter("no weights given")
-    return weights
 
 
 @click.command()
@@ -41,7 +29,7 @@ def _weights(ctx: click.Context, param: click.Parameter, value: Optional[str]) -
 @click.option("--name", default=None, help="Test-set name in output files (default: from --cuts).")
 @click.option("--num-jobs", default=1, type=click.IntRange(min=1),
               help="WFST search in this many worker processes (same output as 1).")
-@click.option("--scan-lm-weights", "scan_weights", default=None, callback=_weights, metavar="W1,W2,...",
+@click.option("--scan-lm-weights", "scan_weights", default=None, callback=float_list, metavar="W1,W2,...",
               help="Try these LM weights on --scan-cuts and decode CUTS with the best (beam with an LM, wfst).")
 @click.option("--scan-cuts", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Dev cuts for --scan-lm-weights.")
@@ -52,8 +40,6 @@ def decode(checkpoints: tuple[Path, ...], cuts_path: Path, lang_dir: Path, metho
 
     With --scan-lm-weights also lm-weight-scan-*.{yaml,md}; with --opt nbest=K also nbest-*.txt.
     """
-    from kdasr.cli.common import log_to
-    from kdasr.data.errors import DataError
     from kdasr.decode.run import run_decode
 
     log_to(out_dir, "decode")
@@ -61,13 +47,9 @@ def decode(checkpoints: tuple[Path, ...], cuts_path: Path, lang_dir: Path, metho
     for item in opts:
         keys, value = parse_override(item)
         decoder_opts[".".join(keys)] = value
-    try:
+    with one_line(ValueError):
         summary = run_decode(list(checkpoints), cuts_path, lang_dir, out_dir, method, device, max_duration, decoder_opts,
                              name, num_jobs=num_jobs, scan_weights=scan_weights, scan_cuts=scan_cuts)
-    except (ValueError, DataError, MemoryError) as e:  # DataError: cuts without features, unreadable feature files;
-        # MemoryError: a WFST search of one utterance too big for the device
-        logging.error("%s", e)
-        raise click.ClickException(str(e)) from e
     if "lm_weight" in summary:
         click.echo(f"LM weight {summary['lm_weight']:g} (lowest WER on {scan_cuts}; "
                    f"table: {out_dir / summary['lm_weight_scan']['table']})")

@@ -37,7 +37,7 @@ def export(checkpoint: Path, fmt: str, out: Optional[Path], out_dir: Optional[Pa
     CMVN is inside the model); outputs log_probs (B,ceil(T/4),V) and out_lens.
     """
     from kdasr.cli.common import log_to
-    from kdasr.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportError, export_onnx
+    from kdasr.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, export_onnx
     from kdasr.export_sherpa import export_sherpa, human_size
 
     if fmt == "onnx" and (out is None or out_dir is not None or graph_dir is not None):
@@ -47,20 +47,17 @@ def export(checkpoint: Path, fmt: str, out: Optional[Path], out_dir: Optional[Pa
     opts = dict(opset=DEFAULT_OPSET if opset is None else opset, check=check,
                 tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance, lang_dir=lang_dir,
                 sample_rate=sample_rate)
-    try:
-        if fmt == "sherpa-onnx":
-            assert out_dir is not None
-            log_to(out_dir.parent, f"export_{out_dir.name}")
-            res = export_sherpa(checkpoint, out_dir, graph_dir=graph_dir, int8=int8, **opts)
-            click.echo(f"wrote {res.out_dir}: " + ", ".join(f"{f} ({human_size(n)})" for f, n in sorted(res.files.items())))
-            click.echo(f"see {res.out_dir / 'README.md'} for the sherpa-onnx invocation "
-                       f"(sample_rate={res.features.sampling_rate}, feature_dim={res.features.num_mel_bins})")
-            return
-        assert out is not None
-        log_to(out.parent, "export")
-        result = export_onnx(checkpoint, out, **opts)
-    except ExportError as e:
-        raise click.ClickException(str(e)) from e
+    if fmt == "sherpa-onnx":
+        assert out_dir is not None
+        log_to(out_dir.parent, f"export_{out_dir.name}")
+        res = export_sherpa(checkpoint, out_dir, graph_dir=graph_dir, int8=int8, **opts)
+        click.echo(f"wrote {res.out_dir}: " + ", ".join(f"{f} ({human_size(n)})" for f, n in sorted(res.files.items())))
+        click.echo(f"see {res.out_dir / 'README.md'} for the sherpa-onnx invocation "
+                   f"(sample_rate={res.features.sampling_rate}, feature_dim={res.features.num_mel_bins})")
+        return
+    assert out is not None
+    log_to(out.parent, "export")
+    result = export_onnx(checkpoint, out, **opts)
     click.echo(f"wrote {result.onnx_path} and {result.meta_path}")
     if result.max_abs_diff is not None:
         info = result.meta["check"]

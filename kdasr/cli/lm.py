@@ -1,39 +1,17 @@
 """``kdasr lm train|distill|eval`` and ``kdasr rescore``."""
 from __future__ import annotations
 
-import functools
-import logging
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import click
 
+from kdasr.cli.common import float_list, log_to, one_line
 from kdasr.config import load_config
 
+# Bad input (config, text, checkpoint) raises these from the LM library: one line, a traceback only with -v.
+_one_line_errors = one_line(ValueError, FileNotFoundError, RuntimeError)
 
-def _one_line_errors(f: Callable) -> Callable:
-    """Bad input (config, text, checkpoint) becomes one clear line; a traceback only with ``kdasr -v``."""
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        try:
-            return f(*args, **kwargs)
-        except (ValueError, FileNotFoundError, RuntimeError) as e:
-            logging.error("%s", e, exc_info=logging.getLogger().isEnabledFor(logging.DEBUG))
-            raise click.ClickException(str(e)) from e
-
-    return wrapper
-
-
-def _floats(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[list[float]]:
-    if value is None:
-        return None
-    try:
-        out = [float(w) for w in value.split(",") if w.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
-    if not out:
-        raise click.BadParameter("no values given")
-    return out
 
 
 _configs = click.argument("configs", nargs=-1, required=True,
@@ -117,9 +95,9 @@ def eval_(checkpoints: tuple[Path, ...], device: str, out: Optional[Path], texts
 @click.option("--out-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--decode-lm-weight", default=1.0, help="The lm_weight the N-best was decoded with.")
 @click.option("--decode-word-score", default=0.0, help="The word_score the N-best was decoded with (beam).")
-@click.option("--ngram-weights", default="0,0.25,0.5,0.75,1,1.5", callback=_floats, metavar="W1,W2,...")
-@click.option("--lm-weights", default="0,0.25,0.5,0.75,1,1.5", callback=_floats, metavar="W1,W2,...")
-@click.option("--word-bonuses", default="-1,0,1,2,3", callback=_floats, metavar="W1,W2,...",
+@click.option("--ngram-weights", default="0,0.25,0.5,0.75,1,1.5", callback=float_list, metavar="W1,W2,...")
+@click.option("--lm-weights", default="0,0.25,0.5,0.75,1,1.5", callback=float_list, metavar="W1,W2,...")
+@click.option("--word-bonuses", default="-1,0,1,2,3", callback=float_list, metavar="W1,W2,...",
               help="Per-word bonus in nats (negative: a penalty); CTC searches tend to delete words.")
 @click.option("--name", default="test", help="Test-set name in output file names.")
 @click.option("--device", default="auto", help="auto, cpu or cuda (LM scoring).")
@@ -135,7 +113,6 @@ def rescore(dev_nbest: Path, dev_cuts: Path, test_nbest: Path, test_cuts: Path, 
     """
     import torch
 
-    from kdasr.cli.common import log_to
     from kdasr.lm.rescore import rescore as run
 
     log_to(out_dir, "rescore")

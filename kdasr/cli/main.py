@@ -9,6 +9,7 @@ import importlib
 import click
 
 from kdasr import __version__
+from kdasr.cli.common import one_line
 from kdasr.errors import KdasrError
 from kdasr.utils.logging import setup_logging
 
@@ -37,12 +38,8 @@ class _Group(click.Group):
     ``kdasr -v`` shows the traceback instead."""
 
     def invoke(self, ctx: click.Context) -> None:
-        try:
+        with one_line(KdasrError):
             return super().invoke(ctx)
-        except KdasrError as e:
-            if ctx.params.get("verbose"):
-                raise
-            raise click.ClickException(str(e)) from e
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

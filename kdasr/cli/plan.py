@@ -6,7 +6,15 @@ from typing import Optional
 
 import click
 
-from kdasr.plan import DataLayout, PlanError, default_shared, make_plan, to_json_lines, to_table, to_tsv, write_plan
+from kdasr.plan import (
+    DataLayout,
+    default_shared,
+    make_plan,
+    to_json_lines,
+    to_table,
+    to_tsv,
+    write_plan,
+)
 
 
 @click.command()
@@ -40,11 +48,8 @@ def plan(experiments: Path, seeds: str, exp_dir: str, data_dir: str, train_part:
         seed_list = [int(s) for s in seeds.split()]
     except ValueError as e:
         raise click.BadParameter(f"seeds must be integers, got {seeds!r}", param_hint="--seeds") from e
-    try:
-        steps = make_plan(experiments, seed_list, exp_dir.rstrip("/") or ".",
-                          DataLayout(data_dir, train_part, dev_part, lang_dir), overrides, shared or default_shared())
-    except PlanError as e:
-        raise click.ClickException(str(e)) from e
+    steps = make_plan(experiments, seed_list, exp_dir.rstrip("/") or ".",
+                      DataLayout(data_dir, train_part, dev_part, lang_dir), overrides, shared or default_shared())
     if out_dir is not None:
         write_plan(steps, out_dir)
     click.echo({"table": to_table, "tsv": lambda s: to_tsv(s, out_dir), "json": to_json_lines}[fmt](steps), nl=False)

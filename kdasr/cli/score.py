@@ -6,6 +6,7 @@ from typing import Optional
 
 import click
 
+from kdasr.cli.common import one_line
 from kdasr.score.wer import MODES
 
 
@@ -28,10 +29,8 @@ def score(ref_path: Path, hyp_path: Path, out_dir: Path, name: str, setting: Opt
     """Write recogs-NAME.txt, errs-NAME.txt and wer-summary-NAME.txt to OUT_DIR and print the %WER line."""
     from kdasr.score.wer import read_conditions_file, score_text_files
 
-    try:
+    with one_line(ValueError):
         stats = score_text_files(ref_path, hyp_path, out_dir, name, setting, conditions_path, mode, top_n)
-    except ValueError as e:
-        raise click.ClickException(str(e)) from e
     click.echo(stats.wer_line())
     if conditions_path is not None:
         for cond, s in stats.by_condition(read_conditions_file(conditions_path)).items():

@@ -1,14 +1,13 @@
 """``kdasr soft-labels``: dump a teacher's per-frame distributions into a soft-label archive."""
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Optional
 
 import click
 
-from kdasr.cli.common import check_job, job_options, log_to
+from kdasr.cli.common import check_job, job_options, log_to, one_line
 
 
 @click.command("soft-labels")
@@ -48,8 +47,7 @@ def soft_labels(checkpoint: Path, cuts_path: Path, out_dir: Path, top_k: Optiona
     the archive is finalized at the end; with more jobs, run
     `kdasr archive merge OUT_DIR` once every job has finished.
     """
-    from kdasr.data.errors import DataError
-    from kdasr.distill.archive import ArchiveError, ArchiveMismatchError, dump_from_checkpoint
+    from kdasr.distill.archive import dump_from_checkpoint
 
     check_job(job, num_jobs)
     if dense and top_k is not None:
@@ -63,16 +61,13 @@ def soft_labels(checkpoint: Path, cuts_path: Path, out_dir: Path, top_k: Optiona
             raise click.BadParameter("no CUDA device is available", param_hint="--device")
     log_to(out_dir, f"softlabels.{job}")
     k = None if dense else (top_k if top_k is not None else "auto")
-    try:
+    with one_line(ValueError):
         stats = dump_from_checkpoint(
             checkpoint, cuts_path, out_dir, k=k, temperature=temperature, quantization="uint8" if compact else None,
             logp_range=logp_range, teacher=teacher_name, view=view,
             device=device, max_duration=max_duration, job=job, num_jobs=num_jobs, chunk_size=chunk_size,
             progress=sys.stderr.isatty(),
         )
-    except (ArchiveError, ArchiveMismatchError, DataError, ValueError) as e:
-        logging.error("%s", e)
-        raise click.ClickException(str(e)) from e
     meta = stats["meta"]
     storage = meta.storage
     click.echo(

@@ -8,6 +8,7 @@ from typing import Optional
 
 import click
 
+from kdasr.cli.common import one_line
 from kdasr.config import parse_override
 
 
@@ -40,7 +41,7 @@ def transcribe(model: Path, audio: tuple[Path, ...], method: str, graph_dir: Opt
     `FILE<TAB>TEXT` per file (or JSON lines with --json); files that cannot
     be read are named on stderr and the exit status is 1.
     """
-    from kdasr.transcribe import TranscribeError, expand_inputs, load_acoustic_model
+    from kdasr.transcribe import expand_inputs, load_acoustic_model
     from kdasr.transcribe import transcribe as run
 
     decoder_opts = {}
@@ -52,11 +53,9 @@ def transcribe(model: Path, audio: tuple[Path, ...], method: str, graph_dir: Opt
     paths = expand_inputs(audio)
     if not paths:
         raise click.ClickException(f"no audio files in {', '.join(map(str, audio))}")
-    try:
+    with one_line(ValueError):
         loaded = load_acoustic_model(model, lang_dir, sample_rate, device, int8, num_threads)
         results = run(loaded, paths, method, decoder_opts, max_duration, with_times=as_json)
-    except (TranscribeError, ValueError) as e:
-        raise click.ClickException(str(e)) from e
     for t in results:
         if t.error is None:
             click.echo(json.dumps(t.as_dict(), ensure_ascii=False) if as_json else f"{t.path}\t{t.text}")

@@ -32,6 +32,7 @@ import espeakng_loader
 import numpy as np
 
 from kdasr.data.telephone import resample
+from kdasr.errors import KdasrError
 
 # espeak_AUDIO_OUTPUT / options / flags / parameters from speak_lib.h.
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -50,7 +51,7 @@ _SYNTH_CALLBACK = ctypes.CFUNCTYPE(
 )
 
 
-class EspeakError(RuntimeError):
+class EspeakError(KdasrError, RuntimeError):
     """espeak-ng could not be loaded, or refused a voice or a text."""
 
 

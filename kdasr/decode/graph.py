@@ -47,6 +47,7 @@ import kaldifst
 import yaml
 
 from kdasr.data.tokenizer import BLANK, UNK, WORD_SEP, Texts, Tokenizer, UnknownTokenError, iter_texts, texts_from_cuts
+from kdasr.errors import KdasrError
 from kdasr.utils.io import Pathlike, atomic_write_text, read_utf8
 
 EPS = "<eps>"
@@ -62,7 +63,7 @@ GRAPH_VERSION = 2
 _MAX_NAMED = 20  # dropped words named in a warning
 
 
-class GraphError(ValueError):
+class GraphError(KdasrError, ValueError):
     """Inputs that cannot make a decoding graph (no spellable word, a bad ARPA...)."""
 
 

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from kdasr.decode.graph import EPS, GraphError, check_graph, read_word_list
+from kdasr.errors import KdasrError
 from kdasr.utils.io import Pathlike
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ _FST_MAGIC = 2125659606  # OpenFst's header magic
 BEAM_DELTA = 0.5  # Kaldi's FasterDecoderOptions.beam_delta: slack of the adaptive beam
 
 
-class DecodeMemoryError(MemoryError):
+class DecodeMemoryError(KdasrError, MemoryError):
     """One utterance's search does not fit in device memory (``kdasr decode`` prints it as one line)."""
 
 

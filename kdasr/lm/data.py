@@ -17,6 +17,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
 
+from kdasr.errors import KdasrError
 from kdasr.utils.io import Pathlike, atomic_write_text
 
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"
@@ -24,7 +25,7 @@ SPECIALS = (UNK, BOS, EOS)
 PAD_ID = -100  # target padding: torch's cross-entropy ignore_index
 
 
-class LmDataError(ValueError):
+class LmDataError(KdasrError, ValueError):
     """A text file or vocabulary that cannot be used; the message names the file and line."""
 
 

@@ -37,6 +37,7 @@ from kdasr.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from kdasr.train.progress import Stopwatch
 from kdasr.utils.io import atomic_write_text
 from kdasr.utils.logging import setup_logging
 
@@ -161,16 +162,11 @@ class LmTrainer:
             self.teacher_cache = self._teacher_logits_of_corpus(float(kd["cache_max_gb"]))
         self.state = LmState(lr=float(tcfg["lr"]))
         self.tb: Optional[SummaryWriter] = None
-        self._last_tick = time.time()
+        self._stopwatch = Stopwatch()
 
     # ------------------------------------------------------------- checkpoints
-    def _tick(self) -> None:
-        now = time.time()
-        self.state.train_seconds += now - self._last_tick
-        self._last_tick = now
-
     def checkpoint_state(self) -> dict:
-        self._tick()
+        self.state.train_seconds += self._stopwatch.lap()
         return {
             "model": self.model.state_dict(), "model_cfg": self.cfg["model"], "vocab": self.vocab.words,
             "optimizer": self.optimizer.state_dict(), "rng": rng_state(), "epoch": self.state.epoch,
@@ -318,7 +314,7 @@ class LmTrainer:
         path = latest_checkpoint(self.exp_dir) if resume else None
         if path is not None:
             self.resume(path)
-        self._last_tick = time.time()
+        self._stopwatch.restart()
         logging.info("LM %s: %d parameters, vocabulary %d, %d training sentences (%d tokens), device %s%s",
                      self.cfg["model"].get("name", "lstm"), self.model.num_params(), len(self.vocab),
                      len(self.train_text.sentences), self.train_text.num_tokens, self.device,
@@ -337,7 +333,7 @@ class LmTrainer:
                 self.state.batch_in_epoch = 0
             else:
                 break
-        self._tick()
+        self.state.train_seconds += self._stopwatch.lap()
         self.tb.close()
         summary = {"steps": self.state.step, "epochs": self.state.epoch, "best_epoch": self.state.best_epoch,
                    "best_dev_ppl": self.state.best_ppl, "train_seconds": round(self.state.train_seconds, 1),

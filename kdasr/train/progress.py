@@ -56,3 +56,20 @@ class StepLog:
         )
         self._t0, self._audio, self._loss, self._n = now, 0.0, 0.0, 0
         return line
+
+
+class Stopwatch:
+    """Wall seconds since the last ``lap`` or ``restart``: what a run adds to its ``train_seconds``,
+    which a resumed run carries on (a checkpoint laps it, so time before a kill is not lost)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._t = clock()
+
+    def restart(self) -> None:
+        self._t = self.clock()
+
+    def lap(self) -> float:
+        now = self.clock()
+        seconds, self._t = now - self._t, now
+        return seconds

@@ -47,7 +47,7 @@ from kdasr.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from kdasr.train.progress import StepLog
+from kdasr.train.progress import StepLog, Stopwatch
 from kdasr.utils.io import atomic_write_text
 from kdasr.utils.logging import setup_logging
 
@@ -220,7 +220,7 @@ class Trainer:
         self.amp = bool(tcfg["amp"]) and self.device.type == "cuda"
         self.tb: Optional[SummaryWriter] = None
         self.resumed_mid_epoch = False
-        self._last_tick = time.time()
+        self._stopwatch = Stopwatch()
 
     def _trainable(self, path: str, part: str, keep_untranscribed: bool = False) -> CutSet:
         """The cuts of ``path`` CTC can use; the dropped ones are logged and listed by id in
@@ -241,14 +241,8 @@ class Trainer:
         return cuts
 
     # ----------------------------------------------------------------- state
-    def _tick(self) -> None:
-        """Add the wall time since the last tick to the state (kept across resumes)."""
-        now = time.time()
-        self.state.train_seconds += now - self._last_tick
-        self._last_tick = now
-
     def checkpoint_state(self) -> dict:
-        self._tick()
+        self.state.train_seconds += self._stopwatch.lap()
         return {
             "model": self.model.state_dict(),
             "model_cfg": self.cfg["model"],
@@ -405,7 +399,7 @@ class Trainer:
             path = latest_checkpoint(self.exp_dir)
             if path is not None:
                 self.resume(path)
-        self._last_tick = time.time()
+        self._stopwatch.restart()
         logging.info(
             "model %s: %.2fM parameters, device %s, world size %d",
             self.cfg["model"]["name"], self.model.num_params() / 1e6, self.device, self.world_size,
@@ -468,7 +462,7 @@ class Trainer:
             if not stop:
                 self.state.epoch += 1
                 self.state.epoch_done = False
-        self._tick()
+        self.state.train_seconds += self._stopwatch.lap()
         if self.world_size > 1:
             self.check_ranks_in_sync()
         if self.tb is not None:

@@ -39,3 +39,11 @@ def setup_logging(verbose: int = 0, log_file: Optional[Path] = None) -> None:
             root.addHandler(fh)
     for noisy in ("matplotlib", "PIL", "h5py", "numba"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def log_to_files(level: int, msg: str) -> None:
+    """Record ``msg`` in the attached log files only: for what the CLI already prints on stderr."""
+    record = logging.LogRecord("kdasr", level, "kdasr", 0, msg, None, None)
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.FileHandler) and record.levelno >= h.level:
+            h.handle(record)

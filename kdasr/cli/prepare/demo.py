@@ -1,13 +1,12 @@
 """``kdasr prepare demo``: synthesize the embedded espeak-ng demo corpus."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Optional
 
 import click
 
-from kdasr.cli.common import log_to
+from kdasr.cli.common import log_to, one_line
 
 
 @click.command()
@@ -29,12 +28,7 @@ def demo(out_dir: Path, size: str, seed: int, num_jobs: int, num_train: Optional
     finished one is reused.
     """
     from kdasr.data.demo import make_demo_corpus
-    from kdasr.data.errors import DataError
-    from kdasr.data.espeak import EspeakError
 
     log_to(out_dir, "demo")
-    try:
+    with one_line(ValueError):
         make_demo_corpus(out_dir, size, seed, num_jobs, num_train, num_dev, num_test)
-    except (DataError, EspeakError, ValueError) as e:
-        logging.error("%s", e)
-        raise click.ClickException(str(e)) from e

@@ -1,13 +1,12 @@
 """``kdasr prepare demo-lm``: a text-only LM corpus from the demo grammar."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Optional
 
 import click
 
-from kdasr.cli.common import log_to
+from kdasr.cli.common import log_to, one_line
 
 
 @click.command("demo-lm")
@@ -31,8 +30,5 @@ def demo_lm(out_dir: Path, num_sentences: int, size: str, seed: int, num_train: 
     from kdasr.lm.demo_text import make_demo_lm_corpus
 
     log_to(out_dir, "demo_lm")
-    try:
+    with one_line(ValueError):
         make_demo_lm_corpus(out_dir, num_sentences, size, seed, num_train, num_dev, num_test)
-    except ValueError as e:
-        logging.error("%s", e)
-        raise click.ClickException(str(e)) from e

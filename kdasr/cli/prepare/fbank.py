@@ -1,7 +1,6 @@
 """``kdasr prepare fbank``: log-mel features of the wb/nb views, global CMVN, frame-sync check."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Optional
 
@@ -37,7 +36,6 @@ def fbank(manifest_dir: Path, parts: list[str], views: list[str], out_dir: Path,
     Finished parts are skipped, so an interrupted run resumes. When both views
     of a part exist, their frame counts are checked cut by cut.
     """
-    from kdasr.data.errors import DataError
     from kdasr.data.features import VIEWS, prepare_fbank
 
     bad = [v for v in views if v not in VIEWS]
@@ -45,8 +43,4 @@ def fbank(manifest_dir: Path, parts: list[str], views: list[str], out_dir: Path,
         raise click.BadParameter(f"unknown view(s) {', '.join(bad)}; choose from {', '.join(VIEWS)}",
                                  param_hint="--view")
     log_to(out_dir, "fbank")
-    try:
-        prepare_fbank(manifest_dir, out_dir, parts, views, num_jobs, num_mel_bins, cmvn_part, overwrite)
-    except DataError as e:
-        logging.error("%s", e)
-        raise click.ClickException(str(e)) from e
+    prepare_fbank(manifest_dir, out_dir, parts, views, num_jobs, num_mel_bins, cmvn_part, overwrite)

@@ -6,24 +6,13 @@ and calls one function of :mod:`kdasr.data.importers` (imported lazily so
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import click
 import yaml
 
-from kdasr.cli.common import log_to
-from kdasr.data.errors import DataError
-
-
-@contextlib.contextmanager
-def _clean_errors() -> Iterator[None]:
-    """Bad data or bad arguments end the command with the message, not a traceback."""
-    try:
-        yield
-    except (DataError, ValueError) as e:
-        raise click.ClickException(str(e)) from e
+from kdasr.cli.common import log_to, one_line
 
 
 def _common_options(f: Callable) -> Callable:
@@ -63,7 +52,7 @@ def kaldi(
     from kdasr.data.importers import import_kaldi_dir
 
     log_to(out_dir, f"import_{part}")
-    with _clean_errors():
+    with one_line(ValueError):  # the importers' bad arguments
         import_kaldi_dir(data_dir, out_dir, part, sampling_rate=sampling_rate, skip_bad=skip_bad,
                          dev_speakers=dev_speakers, dev_part=dev_part, seed=seed)
 
@@ -78,7 +67,7 @@ def tsv(tsv_path: Path, part: str, sampling_rate: Optional[int], out_dir: Path, 
     from kdasr.data.importers import import_tsv
 
     log_to(out_dir, f"import_{part}")
-    with _clean_errors():
+    with one_line(ValueError):  # the importers' bad arguments
         import_tsv(tsv_path, out_dir, part, sampling_rate=sampling_rate, skip_bad=skip_bad)
 
 
@@ -106,7 +95,7 @@ def lhotse_recipe(
             raise click.BadParameter(f"{opt!r} is not KEY=VALUE", param_hint="--recipe-opt")
         kwargs[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
     log_to(out_dir, f"import_{recipe}")
-    with _clean_errors():
+    with one_line(ValueError):  # the importers' bad arguments
         import_lhotse_recipe(
             recipe, corpus_dir, out_dir, parts=_split_csv(parts), sampling_rate=sampling_rate,
             skip_bad=skip_bad, **kwargs,
@@ -136,7 +125,7 @@ def aurora4(
     from kdasr.data.importers import import_aurora4
 
     log_to(out_dir, "import_aurora4")
-    with _clean_errors():
+    with one_line(ValueError):  # the importers' bad arguments
         import_aurora4(
             corpus_dir, out_dir, sampling_rate=int(sampling_rate), transcript_dir=transcript_dir,
             dev_speakers=dev_speakers, seed=seed, parts=_split_csv(parts), skip_bad=skip_bad,

@@ -1,7 +1,6 @@
 """``kdasr prepare narrowband``: the 8 kHz telephone-channel view of every cut, same ids."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import click
@@ -25,12 +24,7 @@ def narrowband(manifest_dir: Path, parts: list[str], out_dir: Path, mu_law: bool
     soft labels address the narrowband student's cuts; `kdasr prepare fbank
     --view wb,nb` then checks both views have equal frame counts.
     """
-    from kdasr.data.errors import DataError
     from kdasr.data.telephone import prepare_narrowband
 
     log_to(out_dir, "narrowband")
-    try:
-        prepare_narrowband(manifest_dir, parts, out_dir, mu_law, num_jobs)
-    except DataError as e:
-        logging.error("%s", e)
-        raise click.ClickException(str(e)) from e
+    prepare_narrowband(manifest_dir, parts, out_dir, mu_law, num_jobs)

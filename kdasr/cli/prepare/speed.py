@@ -31,10 +31,6 @@ def speed(manifest_dir: Path, part: str, factors: list[float], view: str) -> Non
     archive KD stays frame-exact. Rerunning it gives the same manifest.
     """
     from kdasr.data.augment import prepare_speed
-    from kdasr.data.errors import DataError
 
     log_to(manifest_dir, f"speed_{part}")
-    try:
-        prepare_speed(manifest_dir, part, factors, view)
-    except DataError as e:
-        raise click.ClickException(str(e)) from e
+    prepare_speed(manifest_dir, part, factors, view)

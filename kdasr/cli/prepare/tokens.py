@@ -25,7 +25,6 @@ from kdasr.cli.common import log_to
 def tokens(kind: str, cuts_path: Path, lang_dir: Path, vocab_size: Optional[int], model_type: str,
            lexicon: Optional[Path], overwrite: bool) -> None:
     """Build the token set of KIND in LANG_DIR (<blk> is id 0)."""
-    from kdasr.data.errors import DataError
     from kdasr.data.tokenizer import build_lang, texts_from_cuts
 
     if kind == "bpe" and vocab_size is None:
@@ -33,9 +32,5 @@ def tokens(kind: str, cuts_path: Path, lang_dir: Path, vocab_size: Optional[int]
     if kind == "phone" and lexicon is None:
         raise click.UsageError("--kind phone needs --lexicon")
     log_to(lang_dir, "tokens")
-    try:
-        tok = build_lang(kind, texts_from_cuts(cuts_path), lang_dir, vocab_size, model_type, lexicon, overwrite)
-    except DataError as e:
-        logging.error("%s", e)
-        raise click.ClickException(str(e)) from e
+    tok = build_lang(kind, texts_from_cuts(cuts_path), lang_dir, vocab_size, model_type, lexicon, overwrite)
     logging.info("%s: %d tokens, hash %s", lang_dir, tok.vocab_size, tok.hash[:12])

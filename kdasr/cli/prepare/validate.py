@@ -8,7 +8,6 @@ from typing import Optional
 import click
 
 from kdasr.cli.common import log_to
-from kdasr.data.errors import DataError
 
 
 @click.command("validate")
@@ -36,10 +35,7 @@ def validate(
 
         tokenizer = Tokenizer.from_dir(lang_dir)
     part_list = [p.strip() for p in parts.split(",") if p.strip()] if parts else None
-    try:
-        reports = validate_manifest_dir(manifest_dir, part_list, tokenizer=tokenizer, read_data=read_data)
-    except DataError as e:
-        raise click.ClickException(str(e)) from e
+    reports = validate_manifest_dir(manifest_dir, part_list, tokenizer=tokenizer, read_data=read_data)
     bad = 0
     for part, report in reports.items():
         click.echo(format_report(report, max_ids=max_ids, title=f"part {part}"))

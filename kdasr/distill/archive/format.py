@@ -31,8 +31,8 @@ from typing import Optional
 
 import numpy as np
 import yaml
-from lhotse.cut import Cut
 
+from kdasr.errors import KdasrError
 from kdasr.models.common import FRAME_SHIFT
 from kdasr.utils.io import Pathlike, atomic_write_text
 
@@ -67,11 +67,11 @@ LOGP_RANGE_FIELD = "kd_logp_range"
 _CHUNK_RE = re.compile(r"^chunk-(\d+)-(\d+)\.jsonl\.gz$")
 
 
-class ArchiveError(RuntimeError):
+class ArchiveError(KdasrError, RuntimeError):
     """An archive directory that cannot be read or written as asked."""
 
 
-class ArchiveMismatchError(ValueError):
+class ArchiveMismatchError(KdasrError, ValueError):
     """An archive that does not fit a student (cuts, frames, tokens or frame shift)."""
 
 
