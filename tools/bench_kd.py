@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import re
 import shutil
 import statistics
 import tempfile
@@ -156,26 +157,29 @@ class Setup:
         self.hours = sum(c.duration for c in self.cuts) / 3600
 
     def archive(self, k: Optional[int], temperature: float, device: str, fresh: bool = False,
-                quantization: Optional[str] = None) -> tuple[Path, dict]:
+                quantization: Optional[str] = None, logp_range: Optional[float] = None) -> tuple[Path, dict]:
         """The teacher's archive of the training cuts (dense when ``k`` is None); ``fresh`` dumps it again."""
-        out = self.work / "archives" / f"T{temperature:g}_{_label_name(k, quantization)}"
+        out = self.work / "archives" / f"T{temperature:g}_{_label_name(k, quantization, logp_range)}"
         if fresh and out.exists():
             shutil.rmtree(out)
         stats = dump_from_checkpoint(self.teacher, self.cuts_path, out, k=k, temperature=temperature,
-                                     quantization=quantization, device=device, progress=False)
+                                     quantization=quantization, logp_range=logp_range, device=device, progress=False)
         return out, stats
 
 
-def _label_name(k: Optional[int], quantization: Optional[str]) -> str:
-    """``dense``, ``top8``, ``top8-u8``...: the names ``--wer-labels`` takes."""
-    return ("dense" if k is None else f"top{k}") + ("-u8" if quantization else "")
+def _label_name(k: Optional[int], quantization: Optional[str], logp_range: Optional[float] = None) -> str:
+    """``dense``, ``top8``, ``top8-u8``, ``top8-u8r8`` (8-bit steps of [-8, 0])...: the names ``--wer-labels`` takes."""
+    return (("dense" if k is None else f"top{k}") + ("-u8" if quantization else "")
+            + (f"r{logp_range:g}" if logp_range is not None else ""))
 
 
-def _parse_label_name(name: str) -> tuple[Optional[int], Optional[str]]:
+def _parse_label_name(name: str) -> tuple[Optional[int], Optional[str], Optional[float]]:
     base, _, q = name.partition("-")
-    if q not in ("", "u8") or not (base == "dense" or (base.startswith("top") and base[3:].isdigit())):
-        raise SystemExit(f"--wer-labels: {name!r} is not ctc, online, dense, top<K>, dense-u8 or top<K>-u8")
-    return (None if base == "dense" else int(base[3:])), ("uint8" if q else None)
+    m = re.fullmatch(r"(u8)?(?:r(\d+(?:\.\d+)?))?", q)
+    if m is None or (m[2] and not m[1]) or not (base == "dense" or (base.startswith("top") and base[3:].isdigit())):
+        raise SystemExit(f"--wer-labels: {name!r} is not ctc, online, dense, top<K>, dense-u8, top<K>-u8 "
+                         "or top<K>-u8r<R> (8-bit steps of [-R, 0])")
+    return (None if base == "dense" else int(base[3:])), ("uint8" if m[1] else None), (float(m[2]) if m[2] else None)
 
 
 # --------------------------------------------------------------------------- (c) dump speed
@@ -394,8 +398,8 @@ def bench_wer(setup: Setup, args: argparse.Namespace, device: str) -> None:
                 "teacher_input": "clean" if label == "online-clean" else "augmented",
                 "teachers": [{"name": "teacher", "checkpoint": str(setup.teacher)}]}))
             continue
-        k, q = _parse_label_name(label)
-        path, _ = setup.archive(k, args.temperature, device, quantization=q)
+        k, q, logp_range = _parse_label_name(label)
+        path, _ = setup.archive(k, args.temperature, device, quantization=q, logp_range=logp_range)
         kinds.append((f"kd {label}", {
             "strategy": "frame-kl", "lambda": args.kd_lambda, "teachers": [{"name": "teacher", "archive": str(path)}]}))
     test = fb / "cuts_test_wb.jsonl.gz"
@@ -464,7 +468,8 @@ def main() -> None:
     p.add_argument("--vocabs", type=_ints, default=[30, 100, 500], help="(b): vocabulary sizes.")
     p.add_argument("--lang", default="lang_char", help="Lang dir under --data-dir (lang_char, lang_bpe, ...).")
     p.add_argument("--wer-labels", type=lambda s: [x for x in s.split(",") if x], default=None,
-                   help="(d): students to train, e.g. ctc,dense,top8,top8-u8,online,online-clean (-u8: compact; "
+                   help="(d): students to train, e.g. ctc,dense,top8,top8-u8,top8-u8r8,online,online-clean (-u8: compact, -u8rR: "
+                        "compact with 8-bit steps of [-R, 0] instead of the default range; "
                         "online: the teacher run in the training process on the student's features, online-clean: "
                         "on them without gain, noise and masks) "
                         "[default: ctc, dense and top<K> for each of --ks].")
