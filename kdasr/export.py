@@ -33,8 +33,8 @@ import yaml
 from torch import nn
 
 from kdasr import __version__
-from kdasr.data.tokenizer import LangError, Tokenizer
 from kdasr.data.features import fbank_extractor
+from kdasr.data.tokenizer import LangError, Tokenizer
 from kdasr.errors import KdasrError
 from kdasr.models import AcousticModel
 from kdasr.models.checkpoint import load_checkpoint, model_from_checkpoint

@@ -7,13 +7,12 @@ from typing import Iterator
 import pytest
 import torch
 from lhotse import CutSet
-from synth import AURORA_TEST, AURORA_TRAIN, LM_TEXTS, make_char_lang, write_audio, write_checkpoint
 
 import kdasr.decode.run
-
 from kdasr.data.tokenizer import Tokenizer
 from kdasr.decode.graph import build_graph
 from kdasr.models.inference import ModelOutputs
+from synth import AURORA_TEST, AURORA_TRAIN, LM_TEXTS, make_char_lang, write_audio, write_checkpoint
 
 
 @pytest.fixture

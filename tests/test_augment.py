@@ -13,8 +13,8 @@ from lhotse.utils import compute_num_frames
 
 from kdasr.config import ConfigError
 from kdasr.data.augment import (
-    AugmentError,
     Augmenter,
+    AugmentError,
     Noise,
     Volume,
     augment_config,

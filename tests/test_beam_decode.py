@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from synth import GRAPH_WORDS, ambiguous, batch, frames_for, posteriors, random_peaky
 
 from kdasr.ctc import collapse
 from kdasr.data.tokenizer import Tokenizer, build_bpe_lang
 from kdasr.decode import make_decoder
 from kdasr.decode.beam import CtcBeamDecoder
 from kdasr.decode.graph import build_graph
+from synth import GRAPH_WORDS, ambiguous, batch, frames_for, posteriors, random_peaky
 
 pytest.importorskip("flashlight.lib.text.decoder")
 

@@ -16,7 +16,7 @@ from lhotse import CutSet
 
 from kdasr.cli.main import cli
 from kdasr.data.tokenizer import build_char_lang, texts_from_cuts
-from kdasr.distill.archive import ArchiveMeta, default_k, load_archive, soft_targets
+from kdasr.distill.archive import COMPACT_LOGP_RANGE, ArchiveMeta, default_k, load_archive, soft_targets
 from kdasr.models import build_model
 from kdasr.train.checkpoint import save_checkpoint
 from synth import make_feature_cuts
@@ -223,6 +223,12 @@ def test_compact_dump_info_check(kd_files, tmp_path) -> None:
         np.testing.assert_allclose(soft_targets(c, V), soft_targets(b[c.id], V), atol=0.05)
     r = _invoke(*_dump_args(kd_files, tmp_path / "bad", "--logp-range", "12"))
     assert r.exit_code != 0 and "--compact" in r.output
+
+
+def test_compact_default_range_is_the_one_help_states(kd_files, tmp_path) -> None:
+    r = _invoke(*_dump_args(kd_files, tmp_path / "compact", "--top-k", "4", "--compact"))
+    assert r.exit_code == 0 and f"top-4, uint8 in [-{COMPACT_LOGP_RANGE:g}, 0]" in r.output, r.output
+    assert f"[default: {COMPACT_LOGP_RANGE:g}]" in _invoke("soft-labels", "--help").output
 
 
 def test_check_passes_and_fails_clearly(kd_files, tmp_path) -> None:

@@ -6,19 +6,18 @@ one case runs a real (untrained) checkpoint over feature cuts end to end.
 """
 from __future__ import annotations
 
-
 import pytest
 import torch
 import yaml
 from click.testing import CliRunner
 from lhotse import CutSet
 from lhotse.utils import fastcopy
-from synth import GRAPH_WORDS, ambiguous, decode, make_feature_cuts, random_peaky, text_cuts, write_checkpoint
 
 from kdasr.cli.main import cli
 from kdasr.data.tokenizer import build_char_lang
 from kdasr.decode.graph import build_graph
 from kdasr.utils.io import save_manifest
+from synth import GRAPH_WORDS, ambiguous, decode, make_feature_cuts, random_peaky, text_cuts, write_checkpoint
 
 WORDS = GRAPH_WORDS
 

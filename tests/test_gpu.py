@@ -11,8 +11,8 @@ from lhotse import CutSet
 from kdasr.data.tokenizer import Tokenizer
 from kdasr.decode import make_decoder
 from kdasr.decode.run import decode_cuts
-from kdasr.train.build import train_from_config
 from kdasr.models.checkpoint import load_model
+from kdasr.train.build import train_from_config
 from synth import synth_corpus
 
 pytestmark = [

@@ -7,7 +7,6 @@ from typing import Optional, Sequence
 
 import kaldifst
 import pytest
-from synth import GRAPH_WORDS, LM_TEXTS, frames_for, make_char_lang
 
 from kdasr.data.tokenizer import build_bpe_lang, build_phone_lang
 from kdasr.decode.graph import (
@@ -20,6 +19,8 @@ from kdasr.decode.graph import (
     read_symbols,
     train_arpa,
 )
+from synth import GRAPH_WORDS, LM_TEXTS, frames_for, make_char_lang
+
 
 def words_of_token_path(tlg: kaldifst.StdVectorFst, ids: Sequence[int], words: dict[int, str]) -> Optional[list[str]]:
     """Words TLG assigns to a frame-level token path (None if TLG rejects it)."""

@@ -9,11 +9,11 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 from lhotse import load_manifest
-from synth import AURORA_TEST, AURORA_TRAIN, write_audio
 
 from kdasr.cli.main import cli
 from kdasr.data.errors import DataError
 from kdasr.data.importers import import_aurora4, import_kaldi_dir, import_lhotse_recipe, import_tsv
+from synth import AURORA_TEST, AURORA_TRAIN, write_audio
 
 KINDS = ("recordings", "supervisions", "cuts")
 

@@ -6,11 +6,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from synth import synth_corpus
 
 import kdasr.train.build as build
+from kdasr.ctc import CtcObjective
 from kdasr.data.tokenizer import Tokenizer
 from kdasr.distill.specialists import SpecialistObjective, cluster_tokens, load_subsets, map_targets, save_subsets
+from kdasr.models import build_model, output_lengths
 from kdasr.models.heads import (
     average_rule,
     cover_matrix,
@@ -19,8 +20,7 @@ from kdasr.models.heads import (
     uncovered_matrix,
     validate_subsets,
 )
-from kdasr.models import build_model, output_lengths
-from kdasr.ctc import CtcObjective
+from synth import synth_corpus
 
 
 def _log(x: list[float]) -> torch.Tensor:

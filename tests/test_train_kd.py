@@ -11,8 +11,8 @@ from lhotse import CutSet
 from kdasr.config import ConfigError
 from kdasr.data.tokenizer import Tokenizer, build_char_lang, texts_from_cuts
 from kdasr.distill.archive import ArchiveMeta, ArchiveMismatchError, dump_soft_labels
-from kdasr.train.build import train_from_config
 from kdasr.models.checkpoint import load_model
+from kdasr.train.build import train_from_config
 from synth import make_feature_cuts, synth_corpus
 
 

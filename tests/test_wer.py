@@ -8,7 +8,12 @@ from click.testing import CliRunner
 
 from kdasr.cli.main import cli
 from kdasr.score.wer import (
-    compute_wer, format_utt, read_text_file, write_errs, write_recogs, write_wer_summary,
+    compute_wer,
+    format_utt,
+    read_text_file,
+    write_errs,
+    write_recogs,
+    write_wer_summary,
 )
 
 REFS = {"u1": "a b c d".split(), "u2": "the cat sat".split(), "u3": "hello world".split()}

@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from synth import GRAPH_WORDS, LM_TEXTS, ambiguous, batch, frames_for, posteriors, random_peaky
 
 from kdasr.ctc import collapse
 from kdasr.data.tokenizer import Tokenizer, build_char_lang
 from kdasr.decode import make_decoder, scan_lm_weights
 from kdasr.decode.graph import GraphError, build_graph
 from kdasr.decode.wfst import WfstDecoder
+from synth import GRAPH_WORDS, LM_TEXTS, ambiguous, batch, frames_for, posteriors, random_peaky
 
 WORDS = GRAPH_WORDS
 

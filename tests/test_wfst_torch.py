@@ -14,7 +14,6 @@ import kaldifst
 import pytest
 import torch
 import yaml
-from synth import LM_TEXTS, batch, decode, make_char_lang, random_peaky, text_cuts
 
 import kdasr.decode.wfst_torch as wt
 from kdasr.data.tokenizer import Tokenizer, build_char_lang
@@ -23,6 +22,7 @@ from kdasr.decode.graph import GraphError, build_graph, write_symbols
 from kdasr.decode.run import check_log_probs
 from kdasr.decode.wfst import WfstDecoder
 from kdasr.decode.wfst_torch import DecodeMemoryError, TorchWfstDecoder
+from synth import LM_TEXTS, batch, decode, make_char_lang, random_peaky, text_cuts
 
 WORDS = ["ONE", "TWO", "THREE", "ON", "THE"]
 HAND_WORDS = {"<eps>": 0, "A": 1, "B": 2, "C": 3, "D": 4}

@@ -49,8 +49,8 @@ import numpy as np
 import torch
 import yaml
 from lhotse import CutSet, LilcomChunkyWriter, MonoCut, SupervisionSegment
-from lhotse.features.base import Features
 from lhotse.dataset import SimpleCutSampler
+from lhotse.features.base import Features
 from lhotse.utils import compute_num_frames
 
 from kdasr.config import load_config

@@ -25,7 +25,7 @@ from kdasr.cli.common import check_job, job_options, log_to, one_line
               help="Compact form: log-probs quantized to uint8 (and uint8 token ids up to 256 tokens), "
                    "20 instead of 50 bytes per frame for the top-8 of 100 tokens.")
 @click.option("--logp-range", type=click.FloatRange(min=0, min_open=True, max=80), default=None,
-              help="With --compact: log-probs are clipped to [-L, 0] and stored in 255 steps [default: 16].")
+              help="With --compact: log-probs are clipped to [-L, 0] and stored in 255 steps [default: 8].")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0,
               help="Softmax temperature applied to the teacher's logits.")
 @click.option("--teacher-name", default=None, help="Teacher name in the archive [default: the checkpoint's exp dir name].")

@@ -56,8 +56,6 @@ from kdasr.distill.archive import load_archive, load_probs
 from kdasr.models.heads import Subsets, validate_subsets
 from kdasr.utils.io import Pathlike, atomic_write_text
 
-
-
 # --------------------------------------------------------------------------- subsets
 
 

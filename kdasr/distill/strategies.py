@@ -18,9 +18,8 @@ from lhotse import CutSet
 from lhotse.cut import Cut
 
 from kdasr.config import ConfigError
-from kdasr.models.common import FRAME_SHIFT
-from kdasr.distill.combine import COMBINE_MODES
 from kdasr.ctc import REDUCTIONS
+from kdasr.distill.combine import COMBINE_MODES
 from kdasr.distill.losses import NBestList
 from kdasr.distill.objectives import KD_LOSSES
 from kdasr.distill.teachers import (
@@ -32,7 +31,7 @@ from kdasr.distill.teachers import (
     label_batch,
     load_teachers,
 )
-from kdasr.models.common import model_inputs
+from kdasr.models.common import FRAME_SHIFT, model_inputs
 
 KD_DEFAULTS: dict = {
     "strategy": "frame-kl",

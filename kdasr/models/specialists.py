@@ -21,6 +21,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from kdasr.models import build_model, model_class, register_model
+from kdasr.models.common import AcousticModel
 from kdasr.models.heads import (
     average_rule,
     cover_matrix,
@@ -29,8 +31,6 @@ from kdasr.models.heads import (
     uncovered_matrix,
     validate_subsets,
 )
-from kdasr.models import build_model, model_class, register_model
-from kdasr.models.common import AcousticModel
 
 HeadsOutput = tuple[list[torch.Tensor], Optional[torch.Tensor], torch.Tensor]
 

@@ -16,16 +16,17 @@ from typing import Any, Callable, Optional, Sequence
 
 from lhotse import CutSet
 
+from kdasr.ctc import CtcObjective, Objective
 from kdasr.data.tokenizer import Tokenizer
 from kdasr.distill.specialists import SpecialistObjective, resolve_subsets
 from kdasr.distill.strategies import KDObjective, KDTargets
 from kdasr.distill.teachers import check_augmentation_compatible
 from kdasr.models import model_class
-from kdasr.ctc import CtcObjective, Objective
 from kdasr.train.checkpoint import list_checkpoints
 from kdasr.train.expdir import exp_lock, start_or_resume
-from kdasr.train.trainer import TrainState, Trainer, resolve_config
+from kdasr.train.trainer import Trainer, TrainState, resolve_config
 from kdasr.utils.io import save_manifest
+
 
 @dataclass(frozen=True)
 class ObjectiveKind:

@@ -21,25 +21,25 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-import yaml
 import torch.distributed as dist
+import yaml
 from lhotse import CutSet
 from lhotse.dataset import DynamicBucketingSampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from kdasr.config import check_config, deep_merge
+from kdasr.ctc import CtcObjective, Objective, ctc_loss_hard, greedy_search
 from kdasr.data.augment import AUGMENT_DEFAULTS, Augmenter
 from kdasr.data.dataset import AsrDataset
 from kdasr.data.features import load_cmvn
 from kdasr.data.subsets import hold_back_transcripts
 from kdasr.data.tokenizer import Tokenizer
 from kdasr.data.validate import cut_text, filter_ctc_feasible, format_report, num_problems
-from kdasr.ctc import CtcObjective, Objective, ctc_loss_hard, greedy_search
 from kdasr.models import build_model, check_model_config
-from kdasr.score.wer import compute_wer
 from kdasr.models.checkpoint import load_checkpoint
 from kdasr.models.inference import iter_model_outputs
+from kdasr.score.wer import compute_wer
 from kdasr.train.checkpoint import (
     latest_checkpoint,
     list_checkpoints,

@@ -52,8 +52,10 @@ TIE_BREAK = 1e-5
 """Nats a compact top-k column is lowered per rank when read, so tokens that share a quantization step keep the
 teacher's order (its argmax, which best-path targets, guides and spike agreement read) at no visible cost."""
 
-COMPACT_LOGP_RANGE = 16.0
-"""Default ``L`` of the compact form: log-probs clipped to ``[-L, 0]`` in 255 steps of L/255 nats."""
+COMPACT_LOGP_RANGE = 8.0
+"""Default ``L`` of the compact form: log-probs clipped to ``[-L, 0]`` in 255 steps of L/255 nats. 8 rather than 16:
+demo CNN students (10 seeds) matched dense labels at 8 (-0.3% WER) and lost 2.1% at 16; the finer step matters,
+tokens below e^-8 do not."""
 
 META_FILE = "meta.yaml"
 CUTS_FILE = "cuts.jsonl.gz"

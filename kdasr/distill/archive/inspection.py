@@ -10,8 +10,8 @@ import torch
 from lhotse import CutSet
 from lhotse.cut import Cut
 
-from kdasr.distill.align import align_to_anchor
 from kdasr.data.dataset import source_id
+from kdasr.distill.align import align_to_anchor
 from kdasr.distill.archive.format import (
     CUTS_FILE,
     META_FILE,

@@ -36,8 +36,8 @@ from kdasr.distill.archive.format import (
     PLAN_FILE,
     ArchiveError,
     ArchiveMeta,
-    chunk_manifests,
     arrays_suffix,
+    chunk_manifests,
     chunk_name,
     encode_log_probs,
 )
