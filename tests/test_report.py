@@ -83,17 +83,26 @@ def test_the_gap_each_kd_student_closes_to_the_ensemble(tmp_path: Path):
         _fake_exp(tmp_path, "cnn_kd", "student", 500_000, {key: 14.0}),
         _fake_exp(tmp_path, "cnn_nb_kd", "student", 500_000, {("test_nb", "greedy"): 15.0}),
         _fake_exp(tmp_path, "ens", "-", 8_000_000, {key: 10.0}),
+        _fake_exp(tmp_path, "cnn_nb", "student", 500_000, {("test_nb", "greedy"): 22.0}),
+        _fake_exp(tmp_path, "cnn_nb_kd_beam", "student", 500_000, {("test_nb", "beam"): 15.0}),
     ]
     for d, cfg in zip(dirs, [{"role": "teacher"}, {"role": "student", "view": "wb"},
                              {"role": "student", "view": "wb", "kd": {"teachers": [{"name": "vgg"}]}},
+                             {"role": "student", "view": "nb", "kd": {"teachers": [{"name": "vgg"}]}}, None,
+                             {"role": "student", "view": "nb"},
                              {"role": "student", "view": "nb", "kd": {"teachers": [{"name": "vgg"}]}}]):
+        if cfg is None:
+            continue
         (d / "config.yaml").write_text(yaml.safe_dump(cfg))
     (dirs[4] / "config.yaml").unlink()  # an ensemble is decoded, not trained: its decode.yaml names the members
     dec = dirs[4] / "decode_test_wb_greedy" / "decode.yaml"
     dec.write_text(yaml.safe_dump({**yaml.safe_load(dec.read_text()), "members": ["exp/vgg/best.pt", "exp/lstm/best.pt"]}))
     rows = collect(dirs)
-    assert [r.role for r in rows] == ["teacher", "student", "student", "student", "ensemble"]
+    assert [r.role for r in rows] == ["teacher", "student", "student", "student", "ensemble", "student", "student"]
     table = markdown_table(rows)
-    # (20 - 14) / (20 - 10): the wb KD student closes 60% of the gap; the nb one has no nb hard-label row
+    # (20 - 14) / (20 - 10): the wb KD student closes 60% of the gap
     assert "| cnn_kd | test_wb greedy | cnn 20.00 | ens 10.00 | 14.00 | 60% |" in table
-    assert "cnn_nb_kd | test" not in table
+    # the nb student against the broadband ensemble on the same utterances: (22 - 15) / (22 - 10)
+    assert "| cnn_nb_kd | test_nb greedy | cnn_nb 22.00 | ens on test_wb 10.00 | 15.00 | 58% |" in table
+    # no beam decode of the ensemble (nor of cnn_nb): no row
+    assert "| cnn_nb_kd_beam | test_nb" not in table

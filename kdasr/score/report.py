@@ -213,8 +213,16 @@ def gap_table(rows: list[Row]) -> str:
     model that the distilled model keeps: ``(WER_hard - WER_kd) / (WER_hard -
     WER_ensemble)``. The hard-label student of a KD student is the student of
     the same model and view trained without ``kd``; only test sets and methods
-    the ensemble was decoded on count. Empty without an ensemble row.
+    the ensemble was decoded on count, in any view (``test_wb`` for an ``nb``
+    student of broadband teachers: the same utterances). Empty without an
+    ensemble row.
     """
+    views = sorted({r.view for r in rows if r.view}, key=len, reverse=True)
+
+    def partition(test: str) -> str:
+        """The test set without its view: ``test`` for ``test_wb`` and ``test_nb``."""
+        return next((test[: -len(v) - 1] for v in views if test.endswith(f"_{v}")), test)
+
     ensembles = [r for r in rows if r.role == "ensemble"]
     hard: dict = {}
     for r in rows:
@@ -226,10 +234,15 @@ def gap_table(rows: list[Row]) -> str:
         if r.role != "student" or not r.kd or base is None:
             continue
         for ens in ensembles:
-            for key in sorted(set(r.wers) & set(base.wers) & set(ens.wers)):
-                b, e, s = (statistics.fmean(x.wers[key]) for x in (base, ens, r))
+            by_part = {(partition(t), m): (t, m) for t, m in ens.wers}
+            for key in sorted(set(r.wers) & set(base.wers)):
+                ens_key = by_part.get((partition(key[0]), key[1]))
+                if ens_key is None:
+                    continue
+                b, e, s = (statistics.fmean(x.wers[k]) for x, k in ((base, key), (ens, ens_key), (r, key)))
                 closed = f"{100 * (b - s) / (b - e):.0f}%" if b > e else "– (ensemble not better)"
-                lines.append(f"| {r.name} | {key[0]} {key[1]} | {base.name} {b:.2f} | {ens.name} {e:.2f} | "
+                where = "" if ens_key == key else f" on {ens_key[0]}"
+                lines.append(f"| {r.name} | {key[0]} {key[1]} | {base.name} {b:.2f} | {ens.name}{where} {e:.2f} | "
                              f"{s:.2f} | {closed} |")
     if not lines:
         return ""
