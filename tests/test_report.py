@@ -39,6 +39,15 @@ def test_seeds_are_merged_and_table_lists_every_decode(tmp_path: Path):
     assert "WER by condition on test_wb (greedy)" in table
 
 
+def test_decodes_with_other_options_are_columns_not_seeds(tmp_path: Path):
+    exp = _fake_exp(tmp_path, "cnn", "student", 500_000, {("test_wb", "beam"): 70.0})
+    other = exp / "decode_test_wb_beam_lm1"
+    other.mkdir()
+    (other / "decode.yaml").write_text((exp / "decode_test_wb_beam" / "decode.yaml").read_text().replace("70.0", "75.0"))
+    (row,) = collect([exp])
+    assert row.wers == {("test_wb", "beam"): [70.0], ("test_wb", "beam_lm1"): [75.0]}
+
+
 def test_role_comes_from_the_saved_config_not_the_name(tmp_path: Path):
     named = _fake_exp(tmp_path, "teacher_guided_cnn", "student", 500_000, {("test_wb", "greedy"): 9.0})
     bare = _fake_exp(tmp_path, "vgg", "teacher", 4_000_000, {("test_wb", "greedy"): 5.0})

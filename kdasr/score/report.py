@@ -123,6 +123,14 @@ def _add_groups(row: Row, test: str, method: str, per_cond: dict, cuts: str, exp
     row.groups[(test, method, "avg")].append(statistics.fmean(w for ws in members.values() for w in ws))
 
 
+def _method_label(dir_name: str, test: str, method: str) -> str:
+    """A decode's column: its method, or what its directory names after the test set when that says more
+    (``decode_test_wb_beam_lm1`` -> ``beam_lm1``), so that two decodes of one model with other options
+    are two columns, not two seeds."""
+    rest = dir_name.removeprefix(f"decode_{test}_")
+    return rest if rest != dir_name and rest.startswith(method) else method
+
+
 def collect(exp_dirs: Iterable[Path]) -> list[Row]:
     """One Row per experiment name (seeds merged), in the order the directories were given."""
     rows: dict[str, Row] = {}
@@ -155,13 +163,14 @@ def collect(exp_dirs: Iterable[Path]) -> list[Row]:
         for path in decodes:
             d = _read_yaml(path)
             test = Path(d["cuts"]).name.split(".")[0].removeprefix("cuts_")
-            key = (test, d["method"])
+            method = _method_label(path.parent.name, test, str(d["method"]))
+            key = (test, method)
             row.wers[key].append(float(d["wer"]))
             row.rtf[key].append(float(d.get("rtf", 0.0)))
             per_cond = d.get("per_condition_wer") or {}
             for cond, w in per_cond.items():
-                row.cond[(test, d["method"], str(cond))].append(float(w))
-            _add_groups(row, test, d["method"], per_cond, d["cuts"], exp)
+                row.cond[(test, method, str(cond))].append(float(w))
+            _add_groups(row, test, method, per_cond, d["cuts"], exp)
     return sorted(rows.values(), key=lambda r: r.order)
 
 
