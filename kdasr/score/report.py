@@ -232,7 +232,8 @@ def gap_table(rows: list[Row]) -> str:
         """The test set without its view: ``test`` for ``test_wb`` and ``test_nb``."""
         return next((test[: -len(v) - 1] for v in views if test.endswith(f"_{v}")), test)
 
-    ensembles = [r for r in rows if r.role == "ensemble"]
+    # each ensemble's decodes by (test set without its view, method)
+    ensembles = [(r, {(partition(t), m): (t, m) for t, m in r.wers}) for r in rows if r.role == "ensemble"]
     hard: dict = {}
     for r in rows:
         if r.role == "student" and not r.kd:
@@ -242,8 +243,7 @@ def gap_table(rows: list[Row]) -> str:
         base = hard.get((r.model, r.view))
         if r.role != "student" or not r.kd or base is None:
             continue
-        for ens in ensembles:
-            by_part = {(partition(t), m): (t, m) for t, m in ens.wers}
+        for ens, by_part in ensembles:
             for key in sorted(set(r.wers) & set(base.wers)):
                 ens_key = by_part.get((partition(key[0]), key[1]))
                 if ens_key is None:
