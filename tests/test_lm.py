@@ -133,7 +133,7 @@ def test_resume_after_stop_matches_one_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_matches_one_run(tmp_path):
+def test_resume_after_sigkill_matches_one_run(tmp_path, one_thread):
     train, dev = _corpus(tmp_path)
     cfg = _cfg(train, dev, epochs=3, save_every_n=3)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
