@@ -42,7 +42,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import yaml
 
-from kdasr.config import ConfigError, load_config, set_dotted, yaml_load
+from kdasr.config import ConfigError, load_config, parse_override, set_dotted, yaml_load
 from kdasr.data.features import VIEWS, cmvn_file, fbank_manifest
 from kdasr.utils.io import Pathlike, atomic_write_text
 
@@ -204,13 +204,19 @@ def reads(cfg: Mapping, exp_dir: str) -> dict[str, str]:
 
 def resolve(line: Line, seed: int, exp_dir: str, layout: DataLayout,
             overrides: Sequence[str] = ()) -> dict:
-    """The config ``kdasr train`` gets for one seed of ``line``."""
+    """The config ``kdasr train`` gets for one seed of ``line``.
+
+    The data layout fills in each view's inputs over the config files; the line's and the caller's
+    overrides come last, so ``data.train_cuts=...`` on a line trains that experiment on other cuts.
+    """
     try:
-        cfg = load_config(line.configs, [*line.overrides, *overrides])
+        cfg = load_config(line.configs)
+        for key, value in layout.overrides(line.view):
+            set_dotted(cfg, key.split("."), value)
+        for item in [*line.overrides, *overrides]:
+            set_dotted(cfg, *parse_override(item))
     except ConfigError as e:
         raise PlanError(f"{line.where}: {line.name}: {e}") from e
-    for key, value in layout.overrides(line.view):
-        set_dotted(cfg, key.split("."), value)
     set_dotted(cfg, ["train", "seed"], seed)
     cfg["view"], cfg["role"] = line.view, line.role
     _fill_teachers(cfg, exp_dir, layout)

@@ -40,7 +40,8 @@ def test_scan_picks_the_weight_of_lowest_dev_wer(decode_setup, network_output, t
     assert scan["best_lm_weight"] == summary["lm_weight"] == summary["decoder_opts"]["lm_weight"] == 1.0
     assert summary["lm_weight_scan"]["table"] == f"lm-weight-scan-dev-{method}.md"
     assert "| 1 **best** | 0.00 |" in (out / summary["lm_weight_scan"]["table"]).read_text()
-    assert summary["wer"] == 0.0
+    assert summary["wer"] == summary["cer"] == 0.0
+    assert (out / f"errs-test-{method}.txt").read_text().splitlines()[2].startswith("%CER 0.00 [ 0 / 13 characters")
 
 
 def test_parallel_wfst_equals_serial_and_nbest_file(decode_setup, network_output, tmp_path) -> None:

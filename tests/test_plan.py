@@ -57,6 +57,17 @@ def test_stages_deps_and_resolved_configs(recipe: Path):
                            "cmvn": "data/fbank/cmvn_nb.json", "lang_dir": "data/lang_bpe"}
 
 
+def test_a_line_override_of_the_data_layout_wins(recipe: Path):
+    # e.g. one student trained on the cuts without their speed copies, beside the recipe's layout
+    steps = _plan(recipe, "s student nb conf/m.yaml data.train_cuts=data/fbank/orig_nb.jsonl.gz\nh student nb conf/m.yaml\n",
+                  overrides=["data.cmvn=other.json"])
+    by = {s.name: s.config["data"] for s in steps}
+    assert by["s"]["train_cuts"] == "data/fbank/orig_nb.jsonl.gz"
+    assert by["h"]["train_cuts"] == "data/fbank/cuts_train_nb.jsonl.gz"
+    assert by["s"]["dev_cuts"] == "data/fbank/cuts_dev_nb.jsonl.gz"
+    assert by["s"]["cmvn"] == by["h"]["cmvn"] == "other.json"
+
+
 def test_a_local_config_wins_over_the_shared_one(recipe: Path):
     (recipe / "conf" / "kd").mkdir()
     (recipe / "conf" / "kd" / "t.yaml").write_text("kd:\n  lambda: 0.2\n  teachers: [{name: t}]\n")

@@ -30,6 +30,18 @@ def test_counts_and_wer_line():
     assert s.sentence_errors == 2
 
 
+def test_cer_counts_characters_and_the_spaces_between_words():
+    s = compute_wer(REFS, HYPS)
+    # u1 "a b c d" -> "a x c d e": 1 sub + 2 ins (" e"); u2 "the cat sat" -> "the sat": 4 del; u3 exact
+    assert s.char_counts == (7, 7 + 11 + 11)
+    assert s.cer == pytest.approx(100 * 7 / 29)
+    assert s.cer_line() == "%CER 24.14 [ 7 / 29 characters, spaces between words counted ]"
+    # a split word costs one character (the space), not two words
+    split = compute_wer({"u": ["today"]}, {"u": ["to", "day"]})
+    assert split.char_counts == (1, 5) and split.wer == 200.0
+    assert compute_wer({"u": []}, {"u": []}).cer == 0.0 and math.isinf(compute_wer({"u": []}, {"u": ["a"]}).cer)
+
+
 def test_per_utterance_rendering_merges_error_runs():
     s = compute_wer({"x": "a b c d".split()}, {"x": "p q c".split()})
     assert format_utt(s.utts[0]) == "x:\t(a b->p q) c (d->*)"

@@ -36,7 +36,7 @@ from kdasr.config import parse_override
 def decode(checkpoints: tuple[Path, ...], cuts_path: Path, lang_dir: Path, method: str, out_dir: Path, device: str,
            max_duration: float, opts: tuple[str, ...], name: Optional[str], num_jobs: int,
            scan_weights: Optional[list[float]], scan_cuts: Optional[Path]) -> None:
-    """Decode CUTS and write recogs-*, errs-* (with %WER), wer-summary-* and decode.yaml to OUT_DIR.
+    """Decode CUTS and write recogs-*, errs-* (with %WER and %CER), wer-summary-* and decode.yaml to OUT_DIR.
 
     With --scan-lm-weights also lm-weight-scan-*.{yaml,md}; with --opt nbest=K also nbest-*.txt.
     """
@@ -53,4 +53,5 @@ def decode(checkpoints: tuple[Path, ...], cuts_path: Path, lang_dir: Path, metho
     if "lm_weight" in summary:
         click.echo(f"LM weight {summary['lm_weight']:g} (lowest WER on {scan_cuts}; "
                    f"table: {out_dir / summary['lm_weight_scan']['table']})")
-    click.echo(f"%WER {summary['wer']:.2f} [ {summary['errors']} / {summary['ref_words']} ]  RTF {summary['rtf']:.4f}")
+    click.echo(f"%WER {summary['wer']:.2f} [ {summary['errors']} / {summary['ref_words']} ]  %CER {summary['cer']:.2f}  "
+               f"RTF {summary['rtf']:.4f}")

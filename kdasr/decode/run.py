@@ -252,6 +252,7 @@ def run_decode(
         "wer": round(stats.wer, 2),
         "errors": stats.errors,
         "ref_words": stats.ref_words,
+        "cer": round(stats.cer, 2),
         "per_condition_wer": per_condition,
         "num_params": model.num_params(),
         "macs_per_second": float(macs_per_second(model, ckpt["num_features"])),
@@ -264,5 +265,6 @@ def run_decode(
         summary["lm_weight"] = scan_info["best_lm_weight"]
         summary["lm_weight_scan"] = scan_info
     atomic_write_text(out_dir / "decode.yaml", yaml.safe_dump(summary, sort_keys=False))
-    logging.info("%s %s: WER %.2f%% (%d/%d), RTF %.4f", name, method, stats.wer, stats.errors, stats.ref_words, summary["rtf"])
+    logging.info("%s %s: WER %.2f%% (%d/%d), CER %.2f%%, RTF %.4f", name, method, stats.wer, stats.errors,
+                 stats.ref_words, stats.cer, summary["rtf"])
     return summary
