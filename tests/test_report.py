@@ -39,6 +39,18 @@ def test_seeds_are_merged_and_table_lists_every_decode(tmp_path: Path):
     assert "WER by condition on test_wb (greedy)" in table
 
 
+def test_cer_table_of_the_decodes_that_have_one(tmp_path: Path):
+    dirs = [_fake_exp(tmp_path, f"cnn_seed{i}", "student", 500_000, {("test_wb", "greedy"): 10.0}) for i in (1, 2)]
+    dirs.append(_fake_exp(tmp_path, "old", "student", 500_000, {("test_wb", "greedy"): 20.0}))
+    for exp, cer in zip(dirs[:2], (4.0, 6.0)):
+        f = exp / "decode_test_wb_greedy" / "decode.yaml"
+        f.write_text(yaml.safe_dump({**yaml.safe_load(f.read_text()), "cer": cer}))
+    table = markdown_table(collect(dirs))
+    cer = table.split("CER in %")[1].split("WER by condition")[0]
+    assert "| cnn | 5.00 ± 1.00 |" in cer and "| old |" not in cer  # a decode without CER is not a row
+    assert "CER in %" not in markdown_table(collect(dirs[2:]))
+
+
 def test_decodes_with_other_options_are_columns_not_seeds(tmp_path: Path):
     exp = _fake_exp(tmp_path, "cnn", "student", 500_000, {("test_wb", "beam"): 70.0})
     other = exp / "decode_test_wb_beam_lm1"

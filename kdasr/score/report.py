@@ -43,6 +43,8 @@ class Row:
     seeds: list[str] = field(default_factory=list)
     # (test set, method) -> list of WERs over seeds
     wers: dict = field(default_factory=lambda: defaultdict(list))
+    #: the same for CER, where decode.yaml has one (decodes older than it have none)
+    cers: dict = field(default_factory=lambda: defaultdict(list))
     cond: dict = field(default_factory=lambda: defaultdict(list))
     # (test set, method, condition group) -> list of group WERs over seeds
     groups: dict = field(default_factory=lambda: defaultdict(list))
@@ -166,6 +168,8 @@ def collect(exp_dirs: Iterable[Path]) -> list[Row]:
             method = _method_label(path.parent.name, test, str(d["method"]))
             key = (test, method)
             row.wers[key].append(float(d["wer"]))
+            if "cer" in d:
+                row.cers[key].append(float(d["cer"]))
             row.rtf[key].append(float(d.get("rtf", 0.0)))
             per_cond = d.get("per_condition_wer") or {}
             for cond, w in per_cond.items():
@@ -198,7 +202,7 @@ def markdown_table(rows: list[Row], with_conditions: bool = True) -> str:
         cells = [r.name, r.role, r.model, _fmt_params(r.params), f"{r.macs / 1e6:.1f}", train_min, str(len(r.seeds))]
         cells += [_fmt(r.wers.get(k, [])) for k in keys]
         lines.append("| " + " | ".join(cells) + " |")
-    out = "\n".join(lines) + "\n" + gap_table(rows)
+    out = "\n".join(lines) + "\n" + cer_table(rows, keys) + gap_table(rows)
     if with_conditions:
         out += _group_tables(rows)
     conds = sorted({k for r in rows for k in r.cond})
@@ -213,6 +217,16 @@ def markdown_table(rows: list[Row], with_conditions: bool = True) -> str:
                 if any((t, m, c) in r.cond for c in cs):
                     out += f"| {r.name} | " + " | ".join(_fmt(r.cond.get((t, m, c), [])) for c in cs) + " |\n"
     return out
+
+
+def cer_table(rows: list[Row], keys: Sequence[tuple[str, str]]) -> str:
+    """CER of the same decodes (characters of the words joined by spaces, spaces counted); empty without any."""
+    shown = [r for r in rows if r.cers]
+    if not shown:
+        return ""
+    lines = ["| experiment | " + " | ".join(f"{t} {m}" for t, m in keys) + " |", "|---|" + "---|" * len(keys)]
+    lines += [f"| {r.name} | " + " | ".join(_fmt(r.cers.get(k, [])) for k in keys) + " |" for r in shown]
+    return "\nCER in % (the words joined by single spaces, spaces counted):\n\n" + "\n".join(lines) + "\n"
 
 
 def gap_table(rows: list[Row]) -> str:
