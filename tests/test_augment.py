@@ -19,6 +19,7 @@ from kdasr.data.augment import (
     Volume,
     augment_config,
     frame_moving,
+    only_speeds,
     prepare_speed,
     speed_copies,
 )
@@ -115,6 +116,16 @@ def test_prepare_speed_rewrites_the_source_manifest(cuts, tmp_path):
         prepare_speed(tmp_path, "dev")
     with pytest.raises(AugmentError, match="speed factors"):
         speed_copies(src, (0.9, 3.0))
+
+
+def test_only_speeds_keeps_the_listed_copies(cuts):
+    out = speed_copies(cuts, (0.9, 1.0, 1.1))
+    assert sorted(c.id for c in only_speeds(out, [1.0])) == sorted(c.id for c in cuts)
+    assert sorted(c.id for c in only_speeds(out, [1, 1.1])) == sorted([c.id for c in cuts] + [f"{c.id}_sp1.1" for c in cuts])
+    with pytest.raises(AugmentError, match=r"data.speeds \[1.2\]: cuts_x.jsonl.gz holds none of them \(its speeds: \[0.9, 1.0, 1.1\]\)"):
+        only_speeds(out, [1.2], "cuts_x.jsonl.gz")
+    with pytest.raises(AugmentError, match="list of speed factors"):
+        only_speeds(out, ["fast"])
 
 
 # ------------------------------------------------------------------ volume

@@ -158,6 +158,7 @@ def test_average_refuses_different_networks(synth_data, tmp_path):
     ("model.chanels=8", "unknown key 'model.chanels' (did you mean 'model.channels'?)"),
     ("model.num_layers=two", "model.num_layers: expected an integer, got 'two' (str)"),
     ("data.lang_dir=", "missing required key data.lang_dir"),
+    ("data.speeds=1.0", "data.speeds: expected a list, got 1.0"),
 ])
 def test_config_mistakes_stop_before_training_in_one_line(synth_data, tmp_path, override, message):
     exp = tmp_path / "exp"
@@ -165,6 +166,15 @@ def test_config_mistakes_stop_before_training_in_one_line(synth_data, tmp_path, 
     assert res.exit_code == 1
     assert res.output.strip() == f"Error: {message}"
     assert not (exp / "config.yaml").exists() and not list(exp.glob("*.pt"))
+
+
+def test_speeds_the_cuts_do_not_hold_stop_before_the_first_step(synth_data, tmp_path):
+    exp = tmp_path / "exp"
+    res = CliRunner().invoke(cli, ["train", str(synth_data["config"]), "--exp-dir", str(exp), "--set", "data.speeds=[0.9]"])
+    assert res.exit_code == 1
+    assert res.output.strip() == (f"Error: data.speeds [0.9]: {synth_data['cfg']['data']['train_cuts']} holds none "
+                                  "of them (its speeds: [1.0])")
+    assert not list(exp.glob("*.pt"))
 
 
 def test_config_mistake_traceback_only_with_verbose(synth_data, tmp_path):

@@ -107,6 +107,24 @@ def speed_copies(cuts: Iterable[Cut], factors: Sequence[float] = SPEED_FACTORS) 
     return CutSet.from_cuts(out)
 
 
+def only_speeds(cuts: Iterable[Cut], speeds: Sequence[float], where: Pathlike = "the training cuts") -> CutSet:
+    """The cuts of the listed speed factors (1.0: the originals), for a run that trains without some copies
+    of a manifest made by :func:`prepare_speed` (an archive without speed perturbation, a quick baseline)."""
+    if not speeds or any(isinstance(f, bool) or not isinstance(f, (int, float)) for f in speeds):
+        raise AugmentError(f"data.speeds must be a list of speed factors such as [1.0], got {speeds!r}")
+    wanted = {float(f) for f in speeds}
+    kept, present = [], set()
+    for cut in cuts:
+        speed = float((cut.custom or {}).get("speed") or 1.0)
+        present.add(speed)
+        if speed in wanted:
+            kept.append(cut)
+    if not kept:
+        raise AugmentError(f"data.speeds {sorted(wanted)}: {where} holds none of them (its speeds: {sorted(present)})")
+    log.info("data.speeds %s: %d of the cuts of %s", sorted(wanted), len(kept), where)
+    return CutSet.from_cuts(kept)
+
+
 def prepare_speed(
     manifest_dir: Pathlike, part: str, factors: Sequence[float] = SPEED_FACTORS, view: str = "wb"
 ) -> Path:

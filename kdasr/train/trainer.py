@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from kdasr.config import check_config, deep_merge
 from kdasr.ctc import CtcObjective, Objective, ctc_loss_hard, greedy_search
-from kdasr.data.augment import AUGMENT_DEFAULTS, Augmenter
+from kdasr.data.augment import AUGMENT_DEFAULTS, Augmenter, only_speeds
 from kdasr.data.dataset import AsrDataset
 from kdasr.data.features import load_cmvn
 from kdasr.data.subsets import hold_back_transcripts
@@ -64,6 +64,8 @@ DEFAULTS: dict = {
         # the rest are dropped, or under KD taught by the soft labels alone.
         "transcribed_fraction": 1.0,
         "transcribed_seed": 0,
+        # train on these speed copies only (`kdasr prepare speed`; 1.0: the original cuts); None: on every cut
+        "speeds": None,
         # volume, noise, reverb, specaugment: see kdasr.data.augment
         "augment": AUGMENT_DEFAULTS,
     },
@@ -91,7 +93,7 @@ DEFAULTS: dict = {
 # DEFAULTS is the schema of a training config. ``model`` and ``kd`` are checked where they are
 # read (build_model, KDTargets); ``view`` and ``role`` are recipe metadata; paths default to None.
 SCHEMA: dict = {**DEFAULTS, "model": None, "kd": None, "view": None, "role": None}
-TYPES = {"data.train_cuts": str, "data.dev_cuts": str, "data.lang_dir": str, "data.cmvn": str,
+TYPES = {"data.train_cuts": str, "data.dev_cuts": str, "data.lang_dir": str, "data.cmvn": str, "data.speeds": list,
          "view": str, "role": str}
 REQUIRED = ("data.train_cuts", "data.lang_dir")
 
@@ -229,6 +231,8 @@ class Trainer:
         fraction = float(self.cfg["data"]["transcribed_fraction"])
         if part == "train" and fraction < 1.0:
             cuts = hold_back_transcripts(cuts, fraction, int(self.cfg["data"]["transcribed_seed"]))
+        if part == "train" and self.cfg["data"]["speeds"] is not None:
+            cuts = only_speeds(cuts, self.cfg["data"]["speeds"], path)
         cuts, report = filter_ctc_feasible(cuts, self.tokenizer, keep_untranscribed=keep_untranscribed)
         if report.get("untranscribed") and self.is_main:
             logging.info("%s: %d of %d cuts have no transcript; only the KD term teaches them",
