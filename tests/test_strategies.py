@@ -342,3 +342,35 @@ def test_a_key_the_kinds_do_not_read_is_reported(caplog) -> None:
     with caplog.at_level("WARNING"):
         resolve_kd_config(kd_cfg(teachers, strategy="seq", nbest=4))
     assert not caplog.text
+
+
+def spiky_archive(root: Path, name: str, cuts, spike_frames: dict[str, list[int]]) -> dict:
+    """An archive whose argmax is token 1 on ``spike_frames[cut id]`` and blank elsewhere."""
+    meta = ArchiveMeta(teacher=name, checkpoint=f"exp/{name}/best.pt", lang_hash=LANG, vocab_size=V, temperature=2.0)
+    with SoftLabelWriter(root / name, meta, chunk_size=1) as w:
+        for c in cuts:
+            p = np.full((math.ceil(c.num_frames / 4), V), 0.02)
+            p[:, 0] = 0.94
+            p[spike_frames[c.id]] = [0.02, 0.94, 0.02, 0.02]
+            w.add(c, np.log(p))
+        w.finalize()
+    return {"name": name, "archive": str(root / name)}
+
+
+def test_averaging_teachers_whose_spikes_disagree_is_warned_about(tmp_path: Path, caplog) -> None:
+    cuts = make_cuts(tmp_path, [0.4, 0.2])  # 10 and 5 output frames
+    early = spiky_archive(tmp_path, "early", cuts, {"utt-0": [1, 5], "utt-1": [2]})
+    late = spiky_archive(tmp_path, "late", cuts, {"utt-0": [3, 7], "utt-1": [4]})
+    twin = spiky_archive(tmp_path, "twin", cuts, {"utt-0": [1, 5], "utt-1": [2]})
+    with caplog.at_level("WARNING"):
+        KDTargets(kd_cfg([early, late], combine="average"), cuts, LANG)
+    assert "teachers early and late share 0.0% of their spikes (2 cuts)" in caplog.text
+    assert "kd.align_spikes=true" in caplog.text
+    for cfg in (kd_cfg([early, twin], combine="weighted"),  # same spikes
+                kd_cfg([early, late], combine="average", align_spikes=True),  # re-timed
+                kd_cfg([early, late], combine="average", strategy="seq"),  # mixes n-best lists, not frames
+                kd_cfg([early, late], combine="switch")):  # one teacher per batch
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            KDTargets(cfg, cuts, LANG)
+        assert "spikes" not in caplog.text, cfg

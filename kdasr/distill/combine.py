@@ -210,6 +210,8 @@ class CombineMode(abc.ABC):
     needs_refs: ClassVar[bool] = False
     #: the ``kd`` keys this mode reads besides the teachers
     options: ClassVar[tuple[str, ...]] = ()
+    #: whether its targets average the teachers frame by frame (which needs their spikes aligned)
+    averages_frames: ClassVar[bool] = False
 
     def __init__(self, cfg: Mapping[str, Any], labels: TeacherLabels) -> None:
         self.labels = labels
@@ -308,6 +310,8 @@ class Multistream(CombineMode):
 class Average(CombineMode):
     """The mean of the teachers' distributions; under ``seq`` the mixture of their own n-best lists
     (:func:`mix_nbest`: no frame-level averaging of spikes)."""
+
+    averages_frames = True
 
     def weights(self) -> Optional[list[float]]:
         return None

@@ -43,6 +43,8 @@ class KDLoss(abc.ABC):
     name: ClassVar[str] = ""
     #: the ``kd`` keys this loss reads besides ``reduction`` and ``blank_id``
     options: ClassVar[tuple[str, ...]] = ()
+    #: whether it learns from the combined frame-level targets (their spikes' timing matters)
+    frame_targets: ClassVar[bool] = True
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         self.reduction = cfg["reduction"]
@@ -92,6 +94,7 @@ class FrameKL(KDLoss):
 @KD_LOSSES.register("seq")
 class SequenceKD(KDLoss):
     options = ("lambda", "nbest", "beam")
+    frame_targets = False
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         super().__init__(cfg)

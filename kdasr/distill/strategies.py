@@ -30,6 +30,7 @@ from kdasr.distill.teachers import (
     check_temperature,
     label_batch,
     load_teachers,
+    warn_if_spikes_disagree,
 )
 from kdasr.models.common import FRAME_SHIFT, model_inputs
 
@@ -154,6 +155,8 @@ class KDTargets:
         check_temperature(c["temperature"], self.temperature)
         self.mode = COMBINE_MODES.get(self.combine)(c, self.labels)
         self.kd_loss = KD_LOSSES.get(self.strategy)(c)
+        if self.mode.averages_frames and self.kd_loss.frame_targets and not self.align_spikes:
+            warn_if_spikes_disagree(self.teachers)
         self.names = self.labels.names
         self.last_teachers: list[str] = []
         logging.info(

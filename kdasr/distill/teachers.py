@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import difflib
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
@@ -35,6 +36,7 @@ from kdasr.distill.archive import (
     ArchiveMismatchError,
     archive_frames,
     check_loaded,
+    cuts_spike_agreement,
     load_archive,
     load_probs,
 )
@@ -54,6 +56,10 @@ DEFAULT_TEMPERATURE = 1.0
 TEACHER_INPUTS = ("clean", "augmented")
 #: the view key of a clean copy of the student's own features (an online teacher of its view)
 STUDENT_VIEW = "<student>"
+#: frame averaging of two archived teachers is warned about below this symmetric spike agreement,
+#: measured on the first :data:`AGREEMENT_CUTS` common cut ids
+SPIKE_AGREEMENT_WARN = 0.5
+AGREEMENT_CUTS = 50
 
 ViewInputs = Mapping[Optional[str], tuple[torch.Tensor, torch.Tensor]]
 """``(features, feature_lens)`` per view: None the student's own, else an online teacher's ``cuts`` path."""
@@ -326,6 +332,31 @@ def load_teachers(
                     f"{t.name} has {getattr(t, key)!r} ({t.source})"
                 )
     return ordered, views
+
+
+def warn_if_spikes_disagree(teachers: Sequence[Teacher]) -> None:
+    """Warn when archived teachers whose labels are averaged frame by frame spike on different frames.
+
+    Why: CTC models trained apart put a token's spike on different frames
+    (speechocean762: two seeds of one CNN share 1% of their spikes), so their
+    frame average holds two half-height spikes per token; a student trained on
+    it stayed near the blank plateau where one teacher's labels took it out.
+    ``kd.align_spikes`` re-times the other teachers onto the first one.
+    Online teachers are not measured (that would mean running them here).
+    """
+    archived = [t for t in teachers if isinstance(t, ArchiveTeacher)]
+    for other in archived[1:]:
+        anchor = archived[0]
+        ids = sorted(anchor.cuts.keys() & other.cuts.keys())[:AGREEMENT_CUTS]
+        if not ids:
+            continue
+        agree = cuts_spike_agreement(anchor.cuts, other.cuts, ids, anchor.vocab_size,
+                                     where=(anchor.source, other.source))["symmetric"]
+        if agree < SPIKE_AGREEMENT_WARN:
+            logging.warning(
+                "teachers %s and %s share %.1f%% of their spikes (%d cuts): averaging them frame by frame "
+                "smears every token over two spikes; set kd.align_spikes=true (kdasr archive agreement "
+                "--aligned shows what re-timing recovers)", anchor.name, other.name, 100 * agree, len(ids))
 
 
 def _numpy(p: Labels) -> np.ndarray:

@@ -36,6 +36,7 @@ from kdasr.distill.archive.inspection import (
     archive_spike_agreement,
     check_archive,
     check_loaded,
+    cuts_spike_agreement,
     ensure_compatible,
 )
 from kdasr.distill.archive.reader import archive_frames, load_archive, load_probs, soft_targets
@@ -53,6 +54,7 @@ __all__ = [
     "archive_spike_agreement",
     "check_archive",
     "check_loaded",
+    "cuts_spike_agreement",
     "decode_probs",
     "default_k",
     "dequantize",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -95,18 +95,28 @@ def archive_spike_agreement(
     meta_b, cuts_b = load_archive(dir_b)
     if meta_a.vocab_size != meta_b.vocab_size or meta_a.lang_hash != meta_b.lang_hash:
         raise ArchiveMismatchError(f"{dir_a} and {dir_b} label different token sets: spikes cannot be compared")
-    by_id_b = {c.id: c for c in cuts_b}
-    common = sorted(c.id for c in cuts_a if c.id in by_id_b)
+    by_id_a, by_id_b = {c.id: c for c in cuts_a}, {c.id: c for c in cuts_b}
+    common = sorted(by_id_a.keys() & by_id_b.keys())
     if max_cuts is not None:
         common = common[:max_cuts]
     if not common:
         raise ArchiveMismatchError(f"{dir_a} and {dir_b} have no cut id in common")
-    by_id_a = {c.id: c for c in cuts_a}
+    return {"a": meta_a.teacher, "b": meta_b.teacher,
+            **cuts_spike_agreement(by_id_a, by_id_b, common, meta_a.vocab_size, aligned, (str(dir_a), str(dir_b)))}
+
+
+def cuts_spike_agreement(
+    cuts_a: Mapping[str, Cut], cuts_b: Mapping[str, Cut], ids: Sequence[str], vocab_size: int,
+    aligned: bool = False, where: tuple[str, str] = ("A", "B"),
+) -> dict:
+    """Spike agreement of two teachers' archive cuts ``{id: cut}`` over ``ids`` (all present in both):
+    ``cuts``, ``frames``, ``a_to_b``, ``b_to_a``, ``symmetric`` [, ``a_to_b_aligned``]; ``where`` names
+    the two sides in errors."""
     arg_a, arg_b, arg_b_al = [], [], []
-    for cid in common:
-        pa, pb = load_probs(by_id_a[cid], meta_a.vocab_size), load_probs(by_id_b[cid], meta_b.vocab_size)
+    for cid in ids:
+        pa, pb = load_probs(cuts_a[cid], vocab_size), load_probs(cuts_b[cid], vocab_size)
         if pa.shape[0] != pb.shape[0]:
-            raise ArchiveMismatchError(f"cut {cid}: {pa.shape[0]} frames in {dir_a}, {pb.shape[0]} in {dir_b}")
+            raise ArchiveMismatchError(f"cut {cid}: {pa.shape[0]} frames in {where[0]}, {pb.shape[0]} in {where[1]}")
         arg_a.append(pa.argmax(axis=1))
         arg_b.append(pb.argmax(axis=1))
         if aligned:
@@ -114,14 +124,12 @@ def archive_spike_agreement(
 
     # One long utterance of argmax one-hots: only the argmax matters to spike_agreement.
     def onehot(args: list[np.ndarray]) -> torch.Tensor:
-        return torch.nn.functional.one_hot(torch.from_numpy(np.concatenate(args)), meta_a.vocab_size).unsqueeze(0)
+        return torch.nn.functional.one_hot(torch.from_numpy(np.concatenate(args)), vocab_size).unsqueeze(0)
 
     a, b = onehot(arg_a), onehot(arg_b)
     lens = torch.tensor([a.shape[1]])
     out = {
-        "a": meta_a.teacher,
-        "b": meta_b.teacher,
-        "cuts": len(common),
+        "cuts": len(ids),
         "frames": int(a.shape[1]),
         "a_to_b": spike_agreement(a, b, lens),
         "b_to_a": spike_agreement(b, a, lens),
