@@ -45,6 +45,7 @@ def test_training_writes_outputs_and_learns(synth_data, tmp_path):
         assert (exp / name).exists(), name
     assert list((exp / "tensorboard").iterdir())
     assert yaml.safe_load((exp / "config.yaml").read_text())["train"]["epochs"] == 3
+    assert yaml.safe_load((exp / "train_summary.yaml").read_text())["epochs"] == 3
     hist = load_checkpoint(exp / "epoch-3.pt")["train_state"]["history"]
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
     assert "dev_wer" in hist[0]

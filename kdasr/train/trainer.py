@@ -474,7 +474,8 @@ class Trainer:
         if self.is_main:
             summary = {
                 "steps": self.state.step,
-                "epochs": self.state.epoch,
+                # Epochs completed: after the last one the loop has already moved the counter on.
+                "epochs": self.state.epoch if self.state.epoch_done else self.state.epoch - 1,
                 "best_epoch": self.state.best_epoch,
                 "best_dev_wer": self.state.best_metric,
                 "train_seconds": round(self.state.train_seconds, 1),
